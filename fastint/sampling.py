@@ -1,0 +1,103 @@
+"""``fastint.sample``: validate the call, set up noise and the context, run the solver."""
+
+import math
+from typing import Any, Callable, Dict, Optional, Sequence, Union
+
+import torch
+
+from .solvers import get_solver
+from .solvers.base import SamplingContext
+
+SeedLike = Union[None, int, Sequence[int], torch.Tensor]
+CHECK_FINITE = ("end", "step", "off")
+
+
+def _sigma_list(sigmas) -> list:
+    values = sigmas.detach().to("cpu", torch.float64).tolist() if isinstance(sigmas, torch.Tensor) else \
+        [float(v) for v in sigmas]
+    if isinstance(sigmas, torch.Tensor) and sigmas.dim() != 1:
+        raise ValueError(f"sigmas must be 1-D, got shape {tuple(sigmas.shape)}")
+    if len(values) < 2:
+        raise ValueError("sigmas needs at least two values (one step)")
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError("sigmas must be finite")
+    if any(b >= a for a, b in zip(values, values[1:])):
+        raise ValueError(f"sigmas must be strictly decreasing, got {values}")
+    if values[-1] < 0 or values[-2] <= 0:
+        raise ValueError("sigmas must be positive, with only the last one allowed to be 0")
+    return values
+
+
+def per_sample_seeds(seed: SeedLike, batch: int, device: torch.device) -> torch.Tensor:
+    """int64 seeds, one per sample: ``seed + b`` for an int, the given ones for a list or tensor, and a random
+    base drawn from torch's default CPU generator when None (so ``torch.manual_seed`` makes runs repeatable)."""
+    if seed is None:
+        seed = int(torch.randint(0, 2 ** 62, (1,)).item())
+    if isinstance(seed, bool):
+        raise TypeError("seed must be an int, a sequence of ints or an int tensor, not a bool")
+    if isinstance(seed, int):
+        if not -2 ** 63 <= seed <= 2 ** 63 - 1 - batch:
+            raise ValueError("seed must fit in int64")
+        return torch.arange(batch, dtype=torch.int64).add_(seed).to(device)
+    seeds = torch.as_tensor(seed)
+    if seeds.dtype.is_floating_point or seeds.dtype == torch.bool or seeds.dim() != 1:
+        raise TypeError("per-sample seeds must be a 1-D sequence or tensor of integers")
+    if seeds.numel() != batch:
+        raise ValueError(f"got {seeds.numel()} seeds for a batch of {batch}")
+    return seeds.to(device=device, dtype=torch.int64)
+
+
+def sample(model: Callable, x: torch.Tensor, sigmas, solver: str = "dpmpp_2m", *, seed: SeedLike = None,
+           noise_sampler: Optional[Callable] = None, extra_args: Optional[Dict[str, Any]] = None,
+           callback: Optional[Callable] = None, progress: bool = False, backend: str = "auto",
+           check_finite: str = "end", **options) -> torch.Tensor:
+    """Sample with ``solver`` from ``x`` (already scaled by sigmas[0]) down the decreasing ``sigmas``.
+
+    Args:
+        model: ``model(x, sigma_batch, **extra_args) -> denoised x0`` in VE coordinates (see ``fastint.models``).
+        x: the initial state, (batch, ...), float32/float16/bfloat16/float64; never modified.
+        sigmas: 1-D strictly decreasing VE noise levels, ending in 0 (or at a positive level for partial sampling).
+        solver: a name from ``fastint.list_solvers()``; ``options`` are that solver's (eta, s_noise, ...).
+        seed: per-sample seeds for the in-kernel counter-based noise (int: sample b uses seed + b).
+        noise_sampler: ``noise_sampler(sigma, sigma_next) -> tensor`` (k-diffusion convention) to inject noise
+            instead; used for value-for-value parity with the peers.
+        callback: called once per step with ``{'x', 'i', 'sigma', 'sigma_hat', 'denoised'}``.
+        progress: show a tqdm progress bar.
+        backend: fused-op backend ('auto', 'cpp', 'cuda', 'triton', 'compile', 'eager').
+        check_finite: 'end' (default: one check of the result after the loop, no sync inside it), 'step' (check
+            every model output, synchronising, to name the first bad step) or 'off'.
+    """
+    method = get_solver(solver, **options)
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 1:
+        raise TypeError("x must be a floating-point tensor with a leading batch dimension")
+    if not callable(model):
+        raise TypeError("model must be callable as model(x, sigma_batch, **extra_args)")
+    if noise_sampler is not None and not callable(noise_sampler):
+        raise TypeError("noise_sampler must be callable as noise_sampler(sigma, sigma_next)")
+    if check_finite not in CHECK_FINITE:
+        raise ValueError(f"check_finite must be one of {CHECK_FINITE}, got {check_finite!r}")
+    if extra_args is not None and not isinstance(extra_args, dict):
+        raise TypeError("extra_args must be a dict of keyword arguments for the model")
+    sigma_values = _sigma_list(sigmas)
+    if check_finite != "off" and not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or Inf")
+    seeds = None
+    if method.uses_noise() and noise_sampler is None:
+        seeds = per_sample_seeds(seed, x.shape[0], x.device)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(sigma_values) - 1, desc=f"fastint {solver}")
+    ctx = SamplingContext(model, x, sigma_values, dict(extra_args or {}), seeds, noise_sampler, backend,
+                          callback, check_finite, bar)
+    try:
+        result = method.run(ctx, x)
+    finally:
+        if bar is not None:
+            bar.close()
+    if result is x:  # no update ran (cannot happen with >= 1 step), never hand the caller's tensor back aliased
+        result = x.clone()
+    if check_finite == "end" and not bool(torch.isfinite(result).all()):
+        raise FloatingPointError("sampling produced NaN or Inf: a model output contained non-finite values "
+                                 "(run with check_finite='step' to find the first one)")
+    return result

@@ -1,0 +1,26 @@
+"""The solver registry: ``get_solver(name, **options)`` and ``list_solvers()``."""
+
+from typing import Dict, List, Type
+
+from .ancestral import DDIM, EulerAncestral
+from .base import Solver
+from .dpmpp import DPMpp2M, DPMpp2MSDE, DPMpp3M, DPMpp3MSDE
+from .edm import Euler, Heun
+from .seeds import Seeds1, Seeds2, Seeds3
+
+SOLVERS: Dict[str, Type[Solver]] = {cls.name: cls for cls in (
+    Euler, Heun, DDIM, EulerAncestral, DPMpp2M, DPMpp3M, DPMpp2MSDE, DPMpp3MSDE, Seeds1, Seeds2, Seeds3)}
+
+
+def get_solver(name: str, **options) -> Solver:
+    """The configured solver ``name``; unknown names and options raise, naming the valid ones."""
+    if not isinstance(name, str) or name not in SOLVERS:
+        raise ValueError(f"unknown solver {name!r}; available: {', '.join(SOLVERS)}")
+    return SOLVERS[name](**options)
+
+
+def list_solvers() -> List[dict]:
+    """Every solver with its order, model evaluations per step, stochasticity and options with defaults."""
+    return [{"name": cls.name, "order": cls.order, "nfe_per_step": cls.nfe_per_step, "stochastic": cls.stochastic,
+             "options": {k: opt.default for k, opt in cls.options.items()}, "summary": cls.summary}
+            for cls in SOLVERS.values()]

@@ -1,0 +1,177 @@
+"""Solver base class and the sampling context that every solver drives.
+
+Solvers are host-side orchestration only: they compute float64 coefficients from the CPU-resident sigmas and call
+``SamplingContext.combine`` (one fused-op call per state update) and ``SamplingContext.denoise`` (one model call).
+Nothing here reads device values, so a sampling loop never synchronises with the device.
+"""
+
+import math
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from ..ops import fused_step
+
+Term = Tuple[float, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Option:
+    """A solver option: its default, a validity check and the message naming the valid values."""
+
+    default: Any
+    check: Callable[[Any], bool]
+    valid: str
+
+
+def non_negative(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
+def unit_interval_open(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1
+
+
+def one_of(*values):
+    return lambda v: v in values
+
+
+class Solver:
+    """A sampling method. Subclasses set the class attributes and implement ``run(ctx, x) -> x``."""
+
+    name: str = ""
+    order: str = ""
+    nfe_per_step: str = ""
+    stochastic: bool = False
+    summary: str = ""
+    options: Dict[str, Option] = {}
+
+    def __init__(self, **options):
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            valid = ", ".join(sorted(self.options)) or "none"
+            raise TypeError(f"solver {self.name!r}: unknown option(s) {', '.join(unknown)}; valid options: {valid}")
+        self.config = {k: opt.default for k, opt in self.options.items()}
+        for key, value in options.items():
+            if not self.options[key].check(value):
+                raise ValueError(f"solver {self.name!r}: option {key}={value!r} is invalid: {self.options[key].valid}")
+            self.config[key] = value
+
+    def uses_noise(self) -> bool:
+        """Whether this configured solver draws noise (stochastic solvers with eta = 0 or s_noise = 0 do not)."""
+        return self.stochastic and self.config.get("eta", 1) != 0 and self.config.get("s_noise", 1) != 0
+
+    def run(self, ctx: "SamplingContext", x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class NoiseEvent:
+    """The noise of one state update: streams 0..K-1 at one counter, or the caller's injected tensors.
+
+    In-kernel noise is addressed by (per-sample seed, counter, stream, element); an injected ``noise_sampler`` is
+    called once per stream with that stream's sub-interval ``(sigma_a, sigma_b)`` and its tensor is reused by every
+    op call of the event (so stage noises are consistent with one Brownian path).
+    """
+
+    def __init__(self, ctx: "SamplingContext", counter: int, intervals: Sequence[Tuple[float, float]]):
+        self.ctx, self.counter, self.intervals = ctx, counter, list(intervals)
+        self._injected: Dict[int, torch.Tensor] = {}
+
+    def injected(self, stream: int) -> torch.Tensor:
+        if stream not in self._injected:
+            self._injected[stream] = self.ctx.draw_injected_noise(*self.intervals[stream])
+        return self._injected[stream]
+
+
+class SamplingContext:
+    """What a solver needs: the model, the sigmas as floats, the noise source and the fused op."""
+
+    def __init__(self, model, x: torch.Tensor, sigmas: List[float], extra_args: Dict[str, Any],
+                 seeds: Optional[torch.Tensor], noise_sampler, backend: Optional[str], callback,
+                 check_finite: str, progress_bar=None):
+        self.model, self.sigmas, self.extra_args = model, sigmas, extra_args
+        self.seeds, self.noise_sampler, self.backend = seeds, noise_sampler, backend
+        self.callback, self.check_finite, self.progress_bar = callback, check_finite, progress_bar
+        self.shape, self.dtype, self.device = x.shape, x.dtype, x.device
+        self.nfe = 0
+        self._owned: Dict[int, weakref.ref] = {}
+
+    @property
+    def steps(self) -> int:
+        return len(self.sigmas) - 1
+
+    # -- model -------------------------------------------------------------------------------------------------
+    def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """One model evaluation D(x, sigma) with sigma broadcast over the batch (a device fill, no host copy)."""
+        sigma_batch = torch.full((self.shape[0],), sigma, dtype=self.dtype, device=self.device)
+        out = self.model(x, sigma_batch, **self.extra_args)
+        self.nfe += 1
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"the model returned {type(out).__name__}, expected a tensor shaped like x")
+        if out.shape != self.shape or not out.is_floating_point() or out.device != self.device:
+            raise ValueError(f"the model returned {tuple(out.shape)} {out.dtype} on {out.device}; expected "
+                             f"{tuple(self.shape)} floating point on {self.device}")
+        if self.check_finite == "step" and not bool(torch.isfinite(out).all()):
+            raise FloatingPointError(f"the model output at sigma={sigma:.6g} (evaluation {self.nfe}) "
+                                     "contains NaN or Inf")
+        return out
+
+    def report(self, i: int, x: torch.Tensor, sigma: float, sigma_hat: float, denoised: torch.Tensor) -> None:
+        """k-diffusion-style callback and progress bar, once per step."""
+        if self.callback is not None:
+            self.callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma_hat, "denoised": denoised})
+        if self.progress_bar is not None:
+            self.progress_bar.update(1)
+
+    # -- noise -------------------------------------------------------------------------------------------------
+    def noise_event(self, counter: int, intervals: Sequence[Tuple[float, float]]) -> NoiseEvent:
+        """The noise of one update at ``counter`` (solvers use the step index; extra events use higher counters)."""
+        return NoiseEvent(self, counter, intervals)
+
+    def draw_injected_noise(self, sigma_a: float, sigma_b: float) -> torch.Tensor:
+        z = self.noise_sampler(sigma_a, sigma_b)
+        if not isinstance(z, torch.Tensor) or z.shape != self.shape or z.device != self.device:
+            raise ValueError(f"noise_sampler returned {getattr(z, 'shape', type(z))} on "
+                             f"{getattr(z, 'device', '?')}; expected a tensor of shape {tuple(self.shape)} on "
+                             f"{self.device}")
+        return z
+
+    def owns(self, tensor: torch.Tensor) -> bool:
+        """Whether ``tensor`` is a state buffer this run allocated (weak references: ids are never confused)."""
+        ref = self._owned.get(id(tensor))
+        return ref is not None and ref() is tensor
+
+    # -- the fused op ------------------------------------------------------------------------------------------
+    def combine(self, terms: Sequence[Term], noise: Optional[Tuple[NoiseEvent, Sequence[float]]] = None,
+                inplace: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``sum c_i t_i + sum_k c_k z_k`` in one fused-op call.
+
+        ``noise`` is ``(event, [c_0, ..., c_{K-1}])`` for streams 0..K-1 of the event. ``inplace`` names a state
+        buffer to overwrite; it is only overwritten when this sampling run allocated it (the caller's tensors and
+        model outputs are never written), else a new buffer is returned.
+        """
+        merged: Dict[int, List] = {}
+        for coef, tensor in terms:
+            entry = merged.setdefault(id(tensor), [0.0, tensor])
+            entry[0] += float(coef)
+        kept = [(c, t) for c, t in merged.values() if c != 0.0] or [list(merged.values())[0]]
+        coeffs = [c for c, _ in kept]
+        inputs = [t for _, t in kept]
+        num_noise, seeds, counter = 0, None, 0
+        if noise is not None and any(c != 0.0 for c in noise[1]):
+            event, noise_coeffs = noise
+            if self.noise_sampler is not None:
+                inputs += [event.injected(k) for k in range(len(noise_coeffs))]
+                coeffs += list(noise_coeffs)
+            else:
+                num_noise, seeds, counter = len(noise_coeffs), self.seeds, event.counter
+                coeffs += list(noise_coeffs)
+        out = inplace if inplace is not None and self.owns(inplace) else None
+        if out is None:
+            out = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+            self._owned[id(out)] = weakref.ref(out)
+        fused_step(inputs, [coeffs], num_noise=num_noise, seeds=seeds, counter=counter, out=out,
+                   backend=self.backend)
+        return out

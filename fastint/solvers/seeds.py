@@ -1,0 +1,130 @@
+"""SEEDS-1/2/3: stochastic exponential derivative-free solvers (Gonzalez et al. 2023), ComfyUI's data-prediction form.
+
+VE coordinates, step s -> t, ``h = log(s / t)``, ``h_eta = (1 + eta) h``; a stage at fraction r of the step sits at
+``sigma_r = s e^{-r h}`` and has the linear part ``(sigma_r / s) e^{-r eta h} x``. Noise: one Brownian path over the
+step, ``sigma_r s_noise n_r`` with ``n_r`` from ``coefficients.brownian_stage_noise`` (Var n_r = 1 - e^{-2 r eta h}),
+so a later stage reuses the earlier stages' z and the step injects exactly ``t^2 (1 - e^{-2 eta h})``.
+
+    SEEDS-1: x_t = lin_1 - expm1(-h_eta) D + t s_noise n_1
+    SEEDS-2: x_2 = lin_r - expm1(-r h_eta) D + sigma_r s_noise n_r;  D_2 = D(x_2, sigma_r)
+             phi_1: x_t = lin_1 - expm1(-h_eta) ((1 - 1/(2r)) D + (1/(2r)) D_2) + t s_noise n_1
+             phi_2: b_2 = phi2(-h_eta)/r, b_1 = expm1(-h_eta) - b_2:  x_t = lin_1 - (b_1 D + b_2 D_2) + t s_noise n_1
+    SEEDS-3: stages r_1 < r_2: x_2 as SEEDS-2 at r_1; a32 = (r_2/r_1) phi2(-r_2 h_eta), a31 = expm1(-r_2 h_eta) - a32,
+             x_3 = lin_{r_2} - (a31 D + a32 D_2) + sigma_{r_2} s_noise n_{r_2};  D_3 = D(x_3, sigma_{r_2})
+             b_3 = phi2(-h_eta)/r_2, b_1 = expm1(-h_eta) - b_3:  x_t = lin_1 - (b_1 D + b_3 D_3) + t s_noise n_1
+with phi2(v) = (expm1(v) - v)/v. A step to sigma = 0 returns D. eta = 0 gives the deterministic exponential
+Runge-Kutta methods (orders 1, 2, 3). Each stage and the final combination is one fused-op call; the final
+SEEDS-3 call reads (x, D, D_3) and regenerates z_1, z_2, z_3 in-kernel instead of storing them.
+"""
+
+import math
+
+from .base import Option, Solver, non_negative, one_of, unit_interval_open
+from .coefficients import brownian_stage_noise, log_step, phi2
+
+NOISE_OPTIONS = {"eta": Option(1.0, non_negative, "a finite number >= 0"),
+                 "s_noise": Option(1.0, non_negative, "a finite number >= 0")}
+
+
+class _Seeds(Solver):
+    stochastic = True
+
+    def stage_fractions(self):
+        return []
+
+    def stage_combination(self, stage, h_eta, denoised_list):
+        """[(coef, D)] of stage ``stage`` (1-based among the intermediate stages, 0 = final)."""
+        raise NotImplementedError
+
+    def run(self, ctx, x):
+        eta, s_noise = self.config["eta"], self.config["s_noise"]
+        fractions = self.stage_fractions()
+        for i in range(ctx.steps):
+            s, t = ctx.sigmas[i], ctx.sigmas[i + 1]
+            denoised = ctx.denoise(x, s)
+            ctx.report(i, x, s, s, denoised)
+            if t == 0:
+                x = ctx.combine([(1.0, denoised)], inplace=x)
+                continue
+            h = log_step(s, t)
+            h_eta = (1 + eta) * h
+            points = fractions + [1.0]
+            sigmas_at = [s * math.exp(-r * h) for r in points]
+            noisy = eta > 0 and s_noise > 0
+            event = ctx.noise_event(i, [(s if j == 0 else sigmas_at[j - 1], sigmas_at[j])
+                                        for j in range(len(points))]) if noisy else None
+            derived = [denoised]
+            for j, r in enumerate(points):
+                sigma_r = sigmas_at[j]
+                terms = [((sigma_r / s) * math.exp(-r * eta * h), x)]
+                terms += self.stage_combination(j + 1 if r < 1 else 0, h_eta, derived)
+                noise = None
+                if noisy:
+                    noise = (event, [sigma_r * s_noise * c for c in brownian_stage_noise(points[:j + 1], eta * h)])
+                if r < 1:
+                    stage_x = ctx.combine(terms, noise=noise)
+                    derived.append(ctx.denoise(stage_x, sigma_r))
+                else:
+                    x = ctx.combine(terms, noise=noise, inplace=x)
+        return x
+
+
+class Seeds1(_Seeds):
+    name = "seeds_1"
+    order = "1"
+    nfe_per_step = "1"
+    summary = "SEEDS-1 (= DPM-Solver++(1) SDE)"
+    options = NOISE_OPTIONS
+
+    def stage_combination(self, stage, h_eta, d):
+        return [(-math.expm1(-h_eta), d[0])]
+
+
+class Seeds2(_Seeds):
+    name = "seeds_2"
+    order = "2 (ODE, eta = 0); 1 strong (SDE)"
+    nfe_per_step = "2 (1 on the last step to 0)"
+    summary = "SEEDS-2 (ComfyUI sample_seeds_2), phi_1 or phi_2 final combination"
+    options = {**NOISE_OPTIONS, "r": Option(0.5, unit_interval_open, "a number in (0, 1)"),
+               "solver_type": Option("phi_1", one_of("phi_1", "phi_2"), "'phi_1' or 'phi_2'")}
+
+    def stage_fractions(self):
+        return [self.config["r"]]
+
+    def stage_combination(self, stage, h_eta, d):
+        r = self.config["r"]
+        if stage == 1:
+            return [(-math.expm1(-r * h_eta), d[0])]
+        if self.config["solver_type"] == "phi_2":
+            b2 = phi2(-h_eta) / r
+            return [(-(math.expm1(-h_eta) - b2), d[0]), (-b2, d[1])]
+        e = -math.expm1(-h_eta)
+        return [(e * (1 - 1 / (2 * r)), d[0]), (e / (2 * r), d[1])]
+
+
+class Seeds3(_Seeds):
+    name = "seeds_3"
+    order = "3 (ODE, eta = 0); 1 strong (SDE)"
+    nfe_per_step = "3 (1 on the last step to 0)"
+    summary = "SEEDS-3 (ComfyUI sample_seeds_3), stages at r_1, r_2"
+    options = {**NOISE_OPTIONS, "r_1": Option(1 / 3, unit_interval_open, "a number in (0, 1)"),
+               "r_2": Option(2 / 3, unit_interval_open, "a number in (0, 1)")}
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        if not self.config["r_1"] < self.config["r_2"]:
+            raise ValueError(f"solver 'seeds_3': needs r_1 < r_2, got r_1={self.config['r_1']}, "
+                             f"r_2={self.config['r_2']}")
+
+    def stage_fractions(self):
+        return [self.config["r_1"], self.config["r_2"]]
+
+    def stage_combination(self, stage, h_eta, d):
+        r_1, r_2 = self.config["r_1"], self.config["r_2"]
+        if stage == 1:
+            return [(-math.expm1(-r_1 * h_eta), d[0])]
+        if stage == 2:
+            a32 = (r_2 / r_1) * phi2(-r_2 * h_eta)
+            return [(-(math.expm1(-r_2 * h_eta) - a32), d[0]), (-a32, d[1])]
+        b3 = phi2(-h_eta) / r_2
+        return [(-(math.expm1(-h_eta) - b3), d[0]), (-b3, d[2])]
