@@ -1,0 +1,232 @@
+"""Adapters: turn eps-, v-, x0- and flow-velocity-prediction models into the VE denoiser ``D(x~, sigma~) -> x0``.
+
+fastint samples in VE coordinates (k-diffusion / EDM): ``x~ = x0 + sigma~ eps``. A model trained on the marginal
+``x = alpha x0 + sigma eps`` (its own coordinates) sees the same point at ``x = alpha x~`` with ``sigma~ = sigma/alpha``.
+Writing ``F`` for the model output at ``(alpha x~, t)``, the denoised estimate ``x0 = c_skip x~ + c_out F`` is
+
+    prediction_type   model output F               c_skip                  c_out
+    "epsilon"         eps                          1                       -sigma / alpha       (= -sigma~)
+    "v_prediction"    v = alpha eps - sigma x0     alpha^2/(alpha^2+sigma^2)   -sigma/(alpha^2+sigma^2)
+    "sample"          x0                           0                       1
+    "flow"            v = eps - x0                 alpha/(alpha+sigma)     -sigma/(alpha+sigma)
+
+(the rows solve ``x = alpha x0 + sigma eps`` for x0; for VP models ``alpha^2 + sigma^2 = 1``, for rectified flow
+``alpha = 1 - t``, ``sigma = t``). Aliases "eps", "v" and "x0" are accepted.
+
+Each adapter is a plain callable ``adapter(x, sigma, **extra_args)`` with ``x`` of shape (batch, ...) and ``sigma`` of
+shape (batch,) (or a scalar tensor / number), as ``fastint.sample`` calls it. The sigma -> timestep mapping is done
+with tensor ops on ``x``'s device: no ``.item()``, no host synchronisation, so a sampling loop stays capturable in a
+CUDA graph. Coefficients are computed in float32 (float64 for float64 inputs), the result has ``x``'s dtype. A model
+may return a tensor, a tuple/list (first element is used) or an object with a ``.sample`` tensor (diffusers'
+``UNet2DModel`` / ``UNet2DConditionModel``); its shape must equal ``x``'s.
+"""
+
+import math
+from typing import Callable, Optional
+
+import torch
+
+__all__ = ["DiscreteVPDenoiser", "ContinuousVPDenoiser", "VEDenoiser", "FlowDenoiser", "to_denoised",
+           "PREDICTION_TYPES"]
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow")
+_ALIASES = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
+
+
+def _prediction_type(name: str, prediction_type: str, allowed=PREDICTION_TYPES) -> str:
+    p = _ALIASES.get(prediction_type, prediction_type) if isinstance(prediction_type, str) else prediction_type
+    if p not in allowed:
+        raise ValueError(f"{name}: unknown prediction_type {prediction_type!r}; valid ones are "
+                         f"{', '.join(map(repr, allowed))} (aliases: 'eps', 'v', 'x0')")
+    return p
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _unwrap(name: str, out, x: torch.Tensor) -> torch.Tensor:
+    if not isinstance(out, torch.Tensor):
+        if isinstance(out, (tuple, list)) and out:
+            out = out[0]
+        elif hasattr(out, "sample"):
+            out = out.sample
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{name}: the model returned {type(out).__name__}, expected a tensor (or a tuple / an object "
+                        f"with .sample holding one)")
+    if out.shape != x.shape:
+        raise ValueError(f"{name}: the model output has shape {tuple(out.shape)} but x has shape {tuple(x.shape)} "
+                         f"(a model that also predicts variances returns 2x the channels: slice them off first)")
+    return out
+
+
+def to_denoised(output: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor,
+                prediction_type: str) -> torch.Tensor:
+    """The denoised x0 from a model ``output`` made at the model input ``alpha * x`` (``x`` in VE coordinates).
+
+    ``alpha``, ``sigma``: the model's own marginal coefficients, broadcastable against ``x`` (e.g. shape
+    (batch, 1, ..., 1)). Implements the table of the module docstring; computed in the promoted dtype of the inputs.
+    """
+    p = _prediction_type("to_denoised", prediction_type)
+    if p == "sample":
+        return output
+    if p == "epsilon":
+        return x - (sigma / alpha) * output
+    if p == "v_prediction":
+        norm = alpha * alpha + sigma * sigma
+        return (alpha * alpha / norm) * x - (sigma / norm) * output
+    norm = alpha + sigma  # flow
+    return (alpha / norm) * x - (sigma / norm) * output
+
+
+class _Adapter:
+    """Common call path: sigma~ -> (alpha, sigma, t) in ``_coefficients``, call ``model(alpha x~, t)``, convert."""
+
+    def __init__(self, model: Callable, prediction_type: str, allowed=PREDICTION_TYPES):
+        if not callable(model):
+            raise TypeError(f"{type(self).__name__}: model must be callable")
+        self.inner_model = model
+        self.prediction_type = _prediction_type(type(self).__name__, prediction_type, allowed)
+
+    def _coefficients(self, sigma: torch.Tensor):  # -> alpha, sigma_model, model timestep; sigma is (batch,)
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor, sigma, **extra_args) -> torch.Tensor:
+        name = type(self).__name__
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 1:
+            raise TypeError(f"{name}: x must be a floating-point tensor of shape (batch, ...)")
+        cd = _compute_dtype(x)
+        s = torch.as_tensor(sigma, device=x.device).to(cd)
+        if s.dim() == 0:
+            s = s.expand(x.shape[0])
+        if s.shape != (x.shape[0],):
+            raise ValueError(f"{name}: sigma must be a scalar or have shape (batch,) = ({x.shape[0]},), "
+                             f"got {tuple(s.shape)}")
+        alpha, sig, t = self._coefficients(s)
+        view = (-1,) + (1,) * (x.dim() - 1)
+        alpha, sig = alpha.view(view), sig.view(view)
+        out = _unwrap(name, self.inner_model(x * alpha.to(x.dtype), t, **extra_args), x)
+        return to_denoised(out.to(cd), x.to(cd), alpha, sig, self.prediction_type).to(x.dtype)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.inner_model!r}, prediction_type={self.prediction_type!r})"
+
+
+class DiscreteVPDenoiser(_Adapter):
+    """Discrete-time VP model ``model(x, t, **kw)`` (e.g. diffusers' ``UNet2DModel``) indexed by integer timestep.
+
+    ``sigma_t = sqrt((1 - alphas_cumprod[t]) / alphas_cumprod[t])`` (VE sigma of training step t). Given sigma~:
+
+        alpha = 1 / sqrt(1 + sigma~^2),   sigma = sigma~ alpha,   x = alpha x~,
+        t = argmin_t |log sigma~ - log sigma_t|                 (quantize=True: int64, k-diffusion's quantize)
+        t = i + (log sigma~ - log sigma_i) / (log sigma_{i+1} - log sigma_i)   (quantize=False: float, clamped to
+                                                                               [0, T-1]; k-diffusion's interpolation)
+
+    and ``x0`` from the model output as in the module table, with the exact sigma~ (not the quantized one), as
+    k-diffusion's ``DiscreteEpsDDPMDenoiser`` / ``DiscreteVDDPMDenoiser`` do. ``model_sigmas`` / ``sigma_min`` /
+    ``sigma_max`` give the training sigmas (float64, CPU) for building schedules.
+    """
+
+    def __init__(self, model: Callable, alphas_cumprod, prediction_type: str = "epsilon", quantize: bool = True):
+        super().__init__(model, prediction_type, ("epsilon", "v_prediction", "sample"))
+        from ..schedules import _alphas_cumprod
+        ab = _alphas_cumprod(type(self).__name__, alphas_cumprod)
+        self.alphas_cumprod = ab
+        self.model_sigmas = ((1 - ab) / ab).sqrt()
+        self.log_sigmas = self.model_sigmas.log()
+        self.quantize = bool(quantize)
+        self._cache = {}
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.model_sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.model_sigmas[-1])
+
+    def _log_sigmas(self, device, dtype) -> torch.Tensor:
+        key = (device, dtype)
+        if key not in self._cache:
+            self._cache[key] = self.log_sigmas.to(device=device, dtype=dtype)
+        return self._cache[key]
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Training timestep of VE ``sigma`` (tensor): int64 nearest in log sigma, or float interpolated."""
+        log_sigmas = self._log_sigmas(sigma.device, sigma.dtype)
+        ls = sigma.log()
+        low = (torch.searchsorted(log_sigmas, ls.contiguous()) - 1).clamp(0, log_sigmas.shape[0] - 2)
+        lo, hi = log_sigmas[low], log_sigmas[low + 1]
+        w = ((ls - lo) / (hi - lo)).clamp(0, 1)
+        if self.quantize:
+            return low + (w > 0.5).to(low.dtype)
+        return low.to(sigma.dtype) + w
+
+    def _coefficients(self, s):
+        alpha = torch.rsqrt(1 + s * s)
+        return alpha, s * alpha, self.sigma_to_t(s)
+
+
+class ContinuousVPDenoiser(_Adapter):
+    """Continuous-time model ``model(x, t, **kw)`` trained on ``x = alpha(t) x0 + sigma(t) eps``.
+
+    ``sigma_to_t(sigma~) -> t`` (tensor in, tensor out, on the device) inverts ``sigma~ = sigma(t) / alpha(t)``.
+    With ``alpha_fn``/``sigma_fn`` given (both or neither) the model input is ``alpha(t) x~`` and the conversion
+    uses ``alpha(t), sigma(t)``; without them the process is variance preserving and
+    ``alpha = 1/sqrt(1 + sigma~^2)``, ``sigma = sigma~ alpha`` come from sigma~ directly.
+    Example, the VP-SDE of Song et al. (beta_min=0.1, beta_d=19.9, t in [0, 1]):
+    ``sigma_to_t = lambda s: ((0.1**2 + 2 * 19.9 * torch.log1p(s**2)).sqrt() - 0.1) / 19.9``.
+    """
+
+    def __init__(self, model: Callable, sigma_to_t: Callable, alpha_fn: Optional[Callable] = None,
+                 sigma_fn: Optional[Callable] = None, prediction_type: str = "epsilon"):
+        super().__init__(model, prediction_type)
+        if not callable(sigma_to_t):
+            raise TypeError("ContinuousVPDenoiser: sigma_to_t must be callable")
+        if (alpha_fn is None) != (sigma_fn is None):
+            raise ValueError("ContinuousVPDenoiser: give both alpha_fn and sigma_fn, or neither (VP)")
+        if alpha_fn is not None and not (callable(alpha_fn) and callable(sigma_fn)):
+            raise TypeError("ContinuousVPDenoiser: alpha_fn and sigma_fn must be callable")
+        self.sigma_to_t, self.alpha_fn, self.sigma_fn = sigma_to_t, alpha_fn, sigma_fn
+
+    def _coefficients(self, s):
+        t = self.sigma_to_t(s)
+        if self.alpha_fn is None:
+            alpha = torch.rsqrt(1 + s * s)
+            return alpha, s * alpha, t
+        alpha = torch.as_tensor(self.alpha_fn(t), device=s.device).to(s.dtype).expand(s.shape)
+        sig = torch.as_tensor(self.sigma_fn(t), device=s.device).to(s.dtype).expand(s.shape)
+        return alpha, sig, t
+
+
+class VEDenoiser(_Adapter):
+    """VE model ``model(x~, sigma~, **kw)`` (EDM / NCSN-style: alpha = 1, sigma = sigma~) predicting x0
+    (``"sample"``, default: ``D = F``) or eps (``"epsilon"``: ``D = x~ - sigma~ F``)."""
+
+    def __init__(self, model: Callable, prediction_type: str = "sample"):
+        super().__init__(model, prediction_type, ("sample", "epsilon"))
+
+    def _coefficients(self, s):
+        return torch.ones_like(s), s, s
+
+
+class FlowDenoiser(_Adapter):
+    """Rectified-flow model ``model(x_flow, timestep_scale * t, **kw)`` on ``x_flow = (1 - t) x0 + t eps``.
+
+        t = sigma~ / (1 + sigma~),   x_flow = (1 - t) x~ = x~ / (1 + sigma~),
+        "flow" (velocity v = eps - x0):  x0 = x_flow - t v;   "epsilon": x0 = x~ - sigma~ eps;   "sample": x0 = F.
+
+    ``timestep_scale=1000`` is diffusers' convention (SD3, FLUX transformers get ``t * 1000``).
+    """
+
+    def __init__(self, model: Callable, timestep_scale: float = 1000.0, prediction_type: str = "flow"):
+        super().__init__(model, prediction_type, ("flow", "epsilon", "sample"))
+        if isinstance(timestep_scale, bool) or not isinstance(timestep_scale, (int, float)) \
+                or not math.isfinite(timestep_scale) or timestep_scale <= 0:
+            raise ValueError(f"FlowDenoiser: timestep_scale must be a finite number > 0, got {timestep_scale!r}")
+        self.timestep_scale = float(timestep_scale)
+
+    def _coefficients(self, s):
+        alpha = 1 / (1 + s)  # = 1 - t, without the cancellation of 1 - t at large sigma~
+        t = s * alpha
+        return alpha, t, t * self.timestep_scale
