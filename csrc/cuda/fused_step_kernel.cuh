@@ -1,0 +1,180 @@
+// CUDA kernel of the fused step. Device code only: no torch headers, so nvcc compiles it on its own
+// (`make check-cuda`); the torch-facing launcher is fused_step.cu.
+//
+// One thread handles one Philox group (4 consecutive elements of one sample, one Philox call per noise stream
+// yielding the group's four normals) in a grid-stride loop. Loads and stores are vectorised (16 bytes for float32,
+// 8 for half types) when every pointer is 16-byte aligned and the per-sample size is a multiple of 4; otherwise
+// (and for a sample's last, partial group) scalar. All inputs of a group are read before any output is written,
+// so an output may alias an input. Math is float32 in the eager reference's order; coefficients arrive by value
+// in the kernel parameters (no device tensor, CUDA-graph capturable); seeds are read on the device.
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "../fused_step.h"
+#include "../philox.h"
+
+namespace fastint {
+namespace cuda {
+
+__device__ __forceinline__ float fp16_bits_to_float_dev(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+
+__device__ __forceinline__ uint16_t float_to_fp16_bits_dev(float v) { return __half_as_ushort(__float2half_rn(v)); }
+
+struct KernelParams {
+  FusedStepArgs args;
+  int64_t groups_per_sample;
+  int64_t total_groups;
+  bool vectorized;  // all pointers 16-byte aligned and per_sample % 4 == 0
+};
+
+__device__ __forceinline__ float load_scalar(const void* p, int32_t dtype, int64_t i) {
+  switch (dtype) {
+    case kFloat16:
+      return fp16_bits_to_float_dev(static_cast<const uint16_t*>(p)[i]);
+    case kBFloat16:
+      return bf16_bits_to_float(static_cast<const uint16_t*>(p)[i]);
+    default:
+      return static_cast<const float*>(p)[i];
+  }
+}
+
+__device__ __forceinline__ void store_scalar(void* p, int32_t dtype, int64_t i, float v) {
+  switch (dtype) {
+    case kFloat16:
+      static_cast<uint16_t*>(p)[i] = float_to_fp16_bits_dev(v);
+      break;
+    case kBFloat16:
+      static_cast<uint16_t*>(p)[i] = float_to_bf16_bits(v);
+      break;
+    default:
+      static_cast<float*>(p)[i] = v;
+  }
+}
+
+// Four consecutive elements starting at i (i % 4 == 0, pointer 16-byte aligned): one 16- or 8-byte load.
+__device__ __forceinline__ void load4(const void* p, int32_t dtype, int64_t i, float x[4]) {
+  if (dtype == kFloat32) {
+    const float4 v = *reinterpret_cast<const float4*>(static_cast<const float*>(p) + i);
+    x[0] = v.x;
+    x[1] = v.y;
+    x[2] = v.z;
+    x[3] = v.w;
+  } else {
+    const uint2 v = *reinterpret_cast<const uint2*>(static_cast<const uint16_t*>(p) + i);
+    const uint16_t h[4] = {static_cast<uint16_t>(v.x & 0xffffu), static_cast<uint16_t>(v.x >> 16),
+                           static_cast<uint16_t>(v.y & 0xffffu), static_cast<uint16_t>(v.y >> 16)};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) x[j] = dtype == kFloat16 ? fp16_bits_to_float_dev(h[j]) : bf16_bits_to_float(h[j]);
+  }
+}
+
+__device__ __forceinline__ void store4(void* p, int32_t dtype, int64_t i, const float x[4]) {
+  if (dtype == kFloat32) {
+    *reinterpret_cast<float4*>(static_cast<float*>(p) + i) = make_float4(x[0], x[1], x[2], x[3]);
+  } else {
+    uint16_t h[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) h[j] = dtype == kFloat16 ? float_to_fp16_bits_dev(x[j]) : float_to_bf16_bits(x[j]);
+    *reinterpret_cast<uint2*>(static_cast<uint16_t*>(p) + i) =
+        make_uint2(static_cast<uint32_t>(h[0]) | (static_cast<uint32_t>(h[1]) << 16),
+                   static_cast<uint32_t>(h[2]) | (static_cast<uint32_t>(h[3]) << 16));
+  }
+}
+
+// M outputs and K noise streams are compile-time (10 instantiations); N is a uniform runtime loop (<= 6).
+template <int M, int K>
+__global__ void __launch_bounds__(256) fused_step_kernel(const KernelParams p) {
+  const FusedStepArgs& a = p.args;
+  const int n_in = a.num_in;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t gid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; gid < p.total_groups;
+       gid += stride) {
+    const int64_t b = gid / p.groups_per_sample;
+    const int64_t g = gid - b * p.groups_per_sample;
+    const int64_t e0 = 4 * g;
+    const int64_t base = b * a.per_sample + e0;
+    const int64_t rem = a.per_sample - e0;
+    const int count = rem < 4 ? static_cast<int>(rem) : 4;
+    const bool vec = p.vectorized && count == 4;
+
+    float acc[M][4];
+#pragma unroll
+    for (int n = 0; n < kMaxInputs; ++n) {
+      if (n >= n_in) break;
+      float x[4] = {0.f, 0.f, 0.f, 0.f};
+      if (vec) {
+        load4(a.in[n], a.in_dtype[n], base, x);
+      } else {
+        for (int j = 0; j < count; ++j) x[j] = load_scalar(a.in[n], a.in_dtype[n], base + j);
+      }
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        const float c = a.c(m, n);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[m][j] = n == 0 ? x[j] * c : acc[m][j] + x[j] * c;
+      }
+    }
+    if (K > 0) {
+      const uint64_t seed = static_cast<uint64_t>(a.seeds[b]);
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        float z[4];
+        normals4(philox_group(seed, a.counter, static_cast<uint32_t>(k), static_cast<uint32_t>(g)), z);
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+          const float c = a.c(m, n_in + k);
+#pragma unroll
+          for (int j = 0; j < 4; ++j) acc[m][j] = acc[m][j] + z[j] * c;
+        }
+      }
+    }
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      if (vec) {
+        store4(a.out[m], a.out_dtype[m], base, acc[m]);
+      } else {
+        for (int j = 0; j < count; ++j) store_scalar(a.out[m], a.out_dtype[m], base + j, acc[m][j]);
+      }
+    }
+  }
+}
+
+// Launch on `stream` (no allocation, no synchronisation). Returns the launch error, if any.
+inline cudaError_t launch_fused_step(const FusedStepArgs& args, int num_blocks_cap, cudaStream_t stream) {
+  KernelParams p;
+  p.args = args;
+  p.groups_per_sample = (args.per_sample + 3) / 4;
+  p.total_groups = args.samples * p.groups_per_sample;
+  if (p.total_groups == 0) return cudaSuccess;
+  bool aligned = args.per_sample % 4 == 0;
+  for (int n = 0; n < args.num_in; ++n) aligned = aligned && (reinterpret_cast<uintptr_t>(args.in[n]) % 16 == 0);
+  for (int m = 0; m < args.num_out; ++m) aligned = aligned && (reinterpret_cast<uintptr_t>(args.out[m]) % 16 == 0);
+  p.vectorized = aligned;
+  const int threads = 256;
+  int64_t blocks = (p.total_groups + threads - 1) / threads;
+  if (blocks > num_blocks_cap) blocks = num_blocks_cap;
+  const dim3 grid(static_cast<unsigned>(blocks)), block(threads);
+#define FASTINT_LAUNCH(M_, K_) fused_step_kernel<M_, K_><<<grid, block, 0, stream>>>(p)
+#define FASTINT_LAUNCH_K(M_)              \
+  switch (args.num_noise) {               \
+    case 0: FASTINT_LAUNCH(M_, 0); break; \
+    case 1: FASTINT_LAUNCH(M_, 1); break; \
+    case 2: FASTINT_LAUNCH(M_, 2); break; \
+    case 3: FASTINT_LAUNCH(M_, 3); break; \
+    default: FASTINT_LAUNCH(M_, 4); break; \
+  }
+  if (args.num_out == 1) {
+    FASTINT_LAUNCH_K(1)
+  } else {
+    FASTINT_LAUNCH_K(2)
+  }
+#undef FASTINT_LAUNCH_K
+#undef FASTINT_LAUNCH
+  return cudaGetLastError();
+}
+
+}  // namespace cuda
+}  // namespace fastint

@@ -1,0 +1,154 @@
+// Op schemas of the fastint extension (TORCH_LIBRARY), the shared argument checks, a test-only Philox hook and the
+// Python module init. The fake (meta) implementations are registered in Python (fastint/ops/extension.py).
+#include <Python.h>
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <string>
+
+#include "ops.h"
+#include "philox.h"
+
+#ifndef FASTINT_TORCH_VERSION
+#define FASTINT_TORCH_VERSION "unknown"
+#endif
+
+extern "C" {
+// `import fastint._C` loads this library so that the static TORCH_LIBRARY registrations run; the module itself is
+// empty (no pybind11: the ops are reached through torch.ops.fastint).
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "fastint compiled kernels (torch.ops.fastint)",
+                                          -1, nullptr};
+  PyObject* module = PyModule_Create(&module_def);
+  if (module != nullptr) {
+    PyModule_AddStringConstant(module, "TORCH_VERSION", FASTINT_TORCH_VERSION);
+#if defined(FASTINT_WITH_CUDA)
+    PyModule_AddIntConstant(module, "WITH_CUDA", 1);
+#else
+    PyModule_AddIntConstant(module, "WITH_CUDA", 0);
+#endif
+  }
+  return module;
+}
+}
+
+namespace fastint {
+
+namespace {
+
+int32_t dtype_code(const at::Tensor& t, const char* what, size_t i) {
+  switch (t.scalar_type()) {
+    case at::kFloat:
+      return kFloat32;
+    case at::kHalf:
+      return kFloat16;
+    case at::kBFloat16:
+      return kBFloat16;
+    default:
+      TORCH_CHECK(false, "fastint::fused_step: ", what, " ", i, " has dtype ", t.scalar_type(),
+                  "; the compiled kernels take float32, float16 and bfloat16");
+  }
+  return kFloat32;
+}
+
+}  // namespace
+
+FusedStepArgs make_fused_step_args(at::TensorList outs, at::TensorList inputs, c10::ArrayRef<double> coeffs,
+                                   const std::optional<at::Tensor>& seeds, int64_t counter, int64_t num_noise,
+                                   c10::DeviceType device) {
+  const int64_t n_in = static_cast<int64_t>(inputs.size());
+  const int64_t n_out = static_cast<int64_t>(outs.size());
+  TORCH_CHECK(n_in >= 1 && n_in <= kMaxInputs, "fastint::fused_step: 1 to ", kMaxInputs, " inputs, got ", n_in);
+  TORCH_CHECK(n_out >= 1 && n_out <= kMaxOutputs, "fastint::fused_step: 1 to ", kMaxOutputs, " outputs, got ", n_out);
+  TORCH_CHECK(num_noise >= 0 && num_noise <= kMaxNoise, "fastint::fused_step: num_noise in [0, ", kMaxNoise,
+              "], got ", num_noise);
+  TORCH_CHECK(static_cast<int64_t>(coeffs.size()) == n_out * (n_in + num_noise),
+              "fastint::fused_step: expected M * (N + K) = ", n_out * (n_in + num_noise), " coefficients, got ",
+              coeffs.size());
+  TORCH_CHECK(counter >= 0 && counter < (int64_t(1) << 30), "fastint::fused_step: counter in [0, 2**30), got ",
+              counter);
+  FusedStepArgs a;
+  memset(&a, 0, sizeof(a));
+  const at::Tensor& ref = inputs[0];
+  for (int64_t i = 0; i < n_in; ++i) {
+    const at::Tensor& t = inputs[i];
+    TORCH_CHECK(t.device().type() == device, "fastint::fused_step: input ", i, " is on ", t.device());
+    TORCH_CHECK(t.device() == ref.device(), "fastint::fused_step: inputs on different devices");
+    TORCH_CHECK(t.sizes() == ref.sizes(), "fastint::fused_step: input ", i, " has shape ", t.sizes(), ", input 0 ",
+                ref.sizes());
+    TORCH_CHECK(t.is_contiguous(), "fastint::fused_step: input ", i, " is not contiguous");
+    a.in[i] = t.data_ptr();
+    a.in_dtype[i] = dtype_code(t, "input", i);
+  }
+  for (int64_t m = 0; m < n_out; ++m) {
+    const at::Tensor& o = outs[m];
+    TORCH_CHECK(o.device() == ref.device(), "fastint::fused_step: output ", m, " is on ", o.device(),
+                ", inputs on ", ref.device());
+    TORCH_CHECK(o.sizes() == ref.sizes(), "fastint::fused_step: output ", m, " has shape ", o.sizes(),
+                ", inputs ", ref.sizes());
+    TORCH_CHECK(o.is_contiguous(), "fastint::fused_step: output ", m, " is not contiguous");
+    a.out[m] = o.data_ptr();
+    a.out_dtype[m] = dtype_code(o, "output", m);
+  }
+  for (size_t j = 0; j < coeffs.size(); ++j) a.coef[j] = static_cast<float>(coeffs[j]);
+  a.num_in = static_cast<int32_t>(n_in);
+  a.num_out = static_cast<int32_t>(n_out);
+  a.num_noise = static_cast<int32_t>(num_noise);
+  a.counter = static_cast<uint32_t>(counter);
+  a.samples = ref.dim() > 0 ? ref.size(0) : 1;
+  a.per_sample = a.samples > 0 ? ref.numel() / a.samples : 0;
+  TORCH_CHECK(a.per_sample <= (int64_t(1) << 34), "fastint::fused_step: at most 2**34 elements per sample");
+  a.seeds = nullptr;
+  if (num_noise > 0) {
+    TORCH_CHECK(seeds.has_value() && seeds->defined(), "fastint::fused_step: in-kernel noise needs seeds");
+    const at::Tensor& s = *seeds;
+    TORCH_CHECK(s.scalar_type() == at::kLong && s.dim() == 1 && s.is_contiguous(),
+                "fastint::fused_step: seeds must be a contiguous 1-D int64 tensor");
+    TORCH_CHECK(s.numel() == a.samples, "fastint::fused_step: ", s.numel(), " seeds for ", a.samples, " samples");
+    TORCH_CHECK(s.device() == ref.device(), "fastint::fused_step: seeds on ", s.device(), ", tensors on ",
+                ref.device());
+    a.seeds = s.const_data_ptr<int64_t>();
+  }
+  return a;
+}
+
+namespace {
+
+// Test hook: the raw Philox words of stream `stream` at `counter` for the first ceil(n / 4) groups of each seed,
+// as int64 (uint32 values), shape (S, groups, 4). Lets the tests compare integers bit for bit.
+at::Tensor philox_words_cpu(const at::Tensor& seeds, int64_t counter, int64_t stream, int64_t n) {
+  TORCH_CHECK(seeds.scalar_type() == at::kLong && seeds.dim() == 1, "philox_words: 1-D int64 seeds");
+  TORCH_CHECK(stream >= 0 && stream < kMaxStreams && counter >= 0 && n >= 0, "philox_words: bad arguments");
+  const at::Tensor s = seeds.contiguous();
+  const int64_t groups = (n + 3) / 4;
+  at::Tensor out = at::empty({s.numel(), groups, 4}, s.options());
+  const int64_t* sp = s.const_data_ptr<int64_t>();
+  int64_t* op = out.mutable_data_ptr<int64_t>();
+  for (int64_t b = 0; b < s.numel(); ++b) {
+    for (int64_t g = 0; g < groups; ++g) {
+      const PhiloxWords w = philox_group(static_cast<uint64_t>(sp[b]), static_cast<uint32_t>(counter),
+                                         static_cast<uint32_t>(stream), static_cast<uint32_t>(g));
+      int64_t* row = op + (b * groups + g) * 4;
+      row[0] = w.w0;
+      row[1] = w.w1;
+      row[2] = w.w2;
+      row[3] = w.w3;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(fastint, m) {
+  m.def("fused_step(Tensor(a!)[] outs, Tensor[] inputs, float[] coeffs, Tensor? seeds, int counter, "
+        "int num_noise) -> ()");
+  m.def("philox_words(Tensor seeds, int counter, int stream, int n) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(fastint, CPU, m) {
+  m.impl("philox_words", &philox_words_cpu);
+}
+
+}  // namespace fastint

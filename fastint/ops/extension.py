@@ -1,0 +1,148 @@
+"""The compiled extension ``fastint._C``: guarded loading and the ``cpp`` (CPU) and ``cuda`` backends.
+
+Loading is lazy (the first probe, i.e. the first ``list_backends()`` or auto dispatch) and can never break
+``import fastint``: a missing build, a build made for another torch version, or a library that fails to load each
+make the backends unavailable with that reason. Loading never initialises CUDA.
+
+The op ``torch.ops.fastint.fused_step(outs, inputs, coeffs, seeds, counter, num_noise)`` is defined in C++
+(``csrc/ops.cpp``); its fake (meta) implementation is registered here, so ``torch.compile`` sees one opaque op.
+``FASTINT_DISABLE_EXT=1`` skips the extension at run time.
+"""
+
+import importlib
+import importlib.util
+import os
+import threading
+import warnings
+from typing import Optional
+
+import torch
+
+from . import registry
+from .contract import FusedStepCall
+
+_lock = threading.Lock()
+_state = {"loaded": False, "reason": None, "module": None}
+_warned = set()
+
+
+def _warn_once(key: str, msg: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+def _register_fakes() -> None:
+    try:
+        @torch.library.register_fake("fastint::fused_step")
+        def _fused_step_fake(outs, inputs, coeffs, seeds, counter, num_noise):
+            return None
+
+        @torch.library.register_fake("fastint::philox_words")
+        def _philox_words_fake(seeds, counter, stream, n):
+            return seeds.new_empty((seeds.shape[0], (n + 3) // 4, 4))
+    except RuntimeError as exc:  # already registered (module re-imported)
+        if "already" not in str(exc):
+            raise
+
+
+def _load() -> Optional[str]:
+    """Import fastint._C once; None on success, else the reason it is unusable."""
+    if os.environ.get("FASTINT_DISABLE_EXT", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "disabled by FASTINT_DISABLE_EXT"
+    if importlib.util.find_spec("fastint._C") is None:
+        return ("the compiled extension fastint._C is not built (FASTINT_BUILD_EXT=0, no compiler, or the build "
+                "failed; see docs/build.md)")
+    try:
+        from fastint import _build_info  # written by setup.py next to the built module
+        built_for = _build_info.TORCH_VERSION
+    except ImportError:
+        built_for = None
+    if built_for is not None and built_for != torch.__version__:
+        reason = (f"fastint._C was built against torch {built_for} but torch {torch.__version__} is running; "
+                  "rebuild with `pip install --no-build-isolation -e .`")
+        _warn_once("mismatch", f"fastint: {reason}. Falling back to the pure-PyTorch backends.")
+        return reason
+    try:
+        module = importlib.import_module("fastint._C")
+    except (ImportError, OSError) as exc:
+        reason = f"fastint._C failed to load: {exc}"
+        _warn_once("load", f"fastint: {reason}. Falling back to the pure-PyTorch backends.")
+        return reason
+    compiled_for = getattr(module, "TORCH_VERSION", None)
+    if compiled_for != torch.__version__:
+        reason = f"fastint._C was compiled against torch {compiled_for}, running torch {torch.__version__}"
+        _warn_once("mismatch", f"fastint: {reason}. Falling back to the pure-PyTorch backends.")
+        return reason
+    if not hasattr(torch.ops.fastint, "fused_step"):
+        return "fastint._C loaded but did not register torch.ops.fastint.fused_step"
+    _register_fakes()
+    _state["module"] = module
+    return None
+
+
+def load() -> Optional[str]:
+    """Load the extension (once); None if usable, else why not."""
+    with _lock:
+        if not _state["loaded"]:
+            try:
+                _state["reason"] = _load()
+            except Exception as exc:  # never let a broken build escape
+                _state["reason"] = f"fastint._C failed to load: {exc!r}"
+            _state["loaded"] = True
+        return _state["reason"]
+
+
+def module():
+    """The loaded ``fastint._C`` module (raises with the reason when unavailable)."""
+    reason = load()
+    if reason:
+        raise RuntimeError(reason)
+    return _state["module"]
+
+
+def has_cuda_kernels() -> bool:
+    return load() is None and bool(getattr(_state["module"], "WITH_CUDA", 0))
+
+
+def cpu_kernel_capability() -> str:
+    """Which compiled CPU tile kernel runs on this machine: DEFAULT, AVX2 or AVX512."""
+    module()
+    return torch.ops.fastint.cpu_kernel_capability()
+
+
+def philox_words(seeds: torch.Tensor, counter: int, stream: int, n: int) -> torch.Tensor:
+    """Test hook: the C++ Philox words (int64 holding uint32), shape (S, ceil(n/4), 4)."""
+    module()
+    return torch.ops.fastint.philox_words(seeds, counter, stream, n)
+
+
+def _probe_cpp() -> Optional[str]:
+    return load()
+
+
+def _probe_cuda() -> Optional[str]:
+    reason = load()
+    if reason:
+        return reason
+    if not has_cuda_kernels():
+        if not torch.version.cuda:
+            return f"this torch ({torch.__version__}) has no CUDA; the extension was built with CPU kernels only"
+        return "the extension was built without CUDA kernels (no CUDA toolkit / CUDA_HOME at build time)"
+    if not torch.cuda.is_available():  # does not initialise CUDA
+        return "no CUDA device is available"
+    return None
+
+
+def _run(call: FusedStepCall) -> None:
+    torch.ops.fastint.fused_step(call.outs, call.inputs, call.coeffs, call.seeds, call.counter, call.num_noise)
+
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+registry.register(registry.Backend(
+    name="cpp", description="compiled C++ CPU kernel (at::parallel_for, SIMD Philox + SLEEF Box-Muller)",
+    devices=("cpu",), dtypes=_DTYPES, probe=_probe_cpp, run=_run))
+registry.register(registry.Backend(
+    name="cuda", description="compiled CUDA kernel (vectorised loads, grid-stride, in-kernel Philox)",
+    devices=("cuda",), dtypes=_DTYPES, probe=_probe_cuda, run=_run))
