@@ -2,8 +2,11 @@
 
 The signature is (M, N, K, device type, input dtypes, output dtypes); sizes, coefficients and the counter are
 dynamic, so a sampling loop compiles each step kind once. Same math and same Philox noise as ``eager``.
+Each signature gets its own copy of the function's code object: Dynamo caches graphs per code object, so one shared
+code object would make every signature count against a single recompile limit.
 """
 
+import types
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -19,7 +22,9 @@ def _function_for(outs, inputs, num_noise):
     key = (len(outs), len(inputs), num_noise, inputs[0].device.type,
            tuple(t.dtype for t in inputs), tuple(t.dtype for t in outs))
     if key not in _compiled:
-        _compiled[key] = torch.compile(fused_step_math, dynamic=True, fullgraph=True)
+        code = fused_step_math.__code__.replace(co_name=f"fused_step_math_{len(_compiled)}")
+        function = types.FunctionType(code, fused_step_math.__globals__, code.co_name)
+        _compiled[key] = torch.compile(function, dynamic=True, fullgraph=True)
     return _compiled[key]
 
 
