@@ -25,7 +25,7 @@ demo: $(VENV)/.installed
 	$(PY) -m fastint demo
 
 test: $(VENV)/.installed
-	$(PY) -m pytest $(PYTEST_ARGS) tests
+	FASTINT_REQUIRE_PEERS=1 $(PY) -m pytest $(PYTEST_ARGS) tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info fastint/*.so
