@@ -125,9 +125,10 @@ def _build_kernel():
 
 
 def _kernel():
-    if "launch" not in _kernels:
-        _kernels["launch"] = _build_kernel()
-    return _kernels["launch"]
+    key = "interpreted" if interpreting() else "compiled"
+    if key not in _kernels:
+        _kernels[key] = _build_kernel()
+    return _kernels[key]
 
 
 def _run(call: FusedStepCall) -> None:
@@ -169,7 +170,28 @@ def _probe() -> Optional[str]:
     return None
 
 
-registry.register(registry.Backend(
+class TritonBackend(registry.Backend):
+    """The probe depends on ``TRITON_INTERPRET`` at call time (not cached), so tests can switch it on late."""
+
+    def unavailable_reason(self) -> Optional[str]:
+        try:
+            return self.probe()
+        except Exception as exc:  # a probe must never break import or dispatch
+            return f"probe failed: {exc!r}"
+
+    def cannot_run(self, call: FusedStepCall) -> Optional[str]:
+        reason = self.unavailable_reason()
+        if reason:
+            return reason
+        device = call.device.type
+        if device != "cuda" and not (device == "cpu" and interpreting()):
+            return f"runs on cuda (and on cpu under TRITON_INTERPRET=1), not {device}"
+        unsupported = sorted(str(d) for d in call.dtypes if d not in self.dtypes)
+        if unsupported:
+            return f"does not support {', '.join(unsupported)}"
+        return None
+
+
+registry.register(TritonBackend(
     name="triton", description="Triton kernel (tl.randn4x noise, autotuned; CPU tensors under TRITON_INTERPRET=1)",
-    devices=("cuda", "cpu") if interpreting() else ("cuda",),
-    dtypes=(torch.float32, torch.float16, torch.bfloat16), probe=_probe, run=_run))
+    devices=("cuda", "cpu"), dtypes=(torch.float32, torch.float16, torch.bfloat16), probe=_probe, run=_run))
