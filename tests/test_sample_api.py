@@ -147,3 +147,13 @@ def test_float16_and_bfloat16_states(setup):
                              backend="eager")
         assert out.dtype == dtype
         assert ((out.double() - ref).norm() / ref.norm()).item() < tol
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_the_sampling_loop_never_reads_device_values(solver):
+    """On the meta device every read of a tensor's value raises: the loop must not synchronise (CUDA graphs)."""
+    x = torch.empty(4, 3, 8, 8, device="meta")
+    sigmas = karras(5, 0.1, 10.0)
+    out = fastint.sample(lambda x_in, sigma: x_in * 0.5, x, sigmas, solver, seed=3, backend="eager",
+                         check_finite="off", **({"s_churn": 1.0} if solver in ("euler", "heun") else {}))
+    assert out.device.type == "meta" and out.shape == x.shape

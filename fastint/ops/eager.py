@@ -28,5 +28,5 @@ def _run(call: FusedStepCall) -> None:
 
 
 registry.register(registry.Backend(
-    name="eager", description="plain PyTorch ops (reference, float64 capable)", devices=("cpu", "cuda"),
+    name="eager", description="plain PyTorch ops (reference, float64 capable)", devices=("cpu", "cuda", "meta"),
     dtypes=(torch.float32, torch.float16, torch.bfloat16, torch.float64), probe=lambda: None, run=_run))
