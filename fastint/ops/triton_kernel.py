@@ -103,9 +103,21 @@ def _build_kernel():
                 if M > 1:
                     acc1 = acc1 + z * cb
         # every input of the tile is read before any output is written: outputs may alias inputs
-        tl.store(out0 + offs, acc0.to(out0.dtype.element_ty), mask=mask)
+        # bfloat16 outputs are rounded to nearest-even explicitly (the interpreter's cast truncates; on GPUs this
+        # equals the native cast), so every backend writes the same bf16 values.
+        if out0.dtype.element_ty == tl.bfloat16:
+            u0 = acc0.to(tl.uint32, bitcast=True)
+            r0 = tl.where(acc0 != acc0, (u0 >> 16) | 0x40, (u0 + 0x7FFF + ((u0 >> 16) & 1)) >> 16)
+            tl.store(out0 + offs, r0.to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
+        else:
+            tl.store(out0 + offs, acc0.to(out0.dtype.element_ty), mask=mask)
         if M > 1:
-            tl.store(out1 + offs, acc1.to(out1.dtype.element_ty), mask=mask)
+            if out1.dtype.element_ty == tl.bfloat16:
+                u1 = acc1.to(tl.uint32, bitcast=True)
+                r1 = tl.where(acc1 != acc1, (u1 >> 16) | 0x40, (u1 + 0x7FFF + ((u1 >> 16) & 1)) >> 16)
+                tl.store(out1 + offs, r1.to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
+            else:
+                tl.store(out1 + offs, acc1.to(out1.dtype.element_ty), mask=mask)
 
     if interpreting():
         def launch(grid_groups, samples, *args, **meta):
