@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.13.0
 KDIFFUSION_VERSION ?= 0.1.1.post1
 PYTEST_ARGS ?=
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean check-cuda
 
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,14 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	FASTINT_REQUIRE_PEERS=1 $(PY) -m pytest $(PYTEST_ARGS) tests
+
+# Compile-only nvcc check of the CUDA kernel sources for sm_90 (fails on a compile error; skips without nvcc).
+NVCC ?= $(shell command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc)
+check-cuda:
+	@if [ ! -x "$(NVCC)" ]; then echo "check-cuda: nvcc not found, skipping the CUDA compile check"; exit 0; fi; \
+	set -e; out=$$(mktemp -d); trap 'rm -rf "$$out"' EXIT; \
+	echo "$(NVCC) -arch=sm_90 csrc/cuda/fused_step_check.cu"; \
+	"$(NVCC)" -std=c++17 -O3 -arch=sm_90 -Icsrc -c csrc/cuda/fused_step_check.cu -o "$$out/check.o"
 
 clean:
 	rm -rf $(VENV) build *.egg-info fastint/*.so
