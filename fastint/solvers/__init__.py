@@ -6,10 +6,13 @@ from .ancestral import DDIM, EulerAncestral
 from .base import Solver
 from .dpmpp import DPMpp2M, DPMpp2MSDE, DPMpp3M, DPMpp3MSDE
 from .edm import Euler, Heun
+from .restart import Restart
 from .seeds import Seeds1, Seeds2, Seeds3
+from .splitting import LieTrotter, PLMS, Strang
 
 SOLVERS: Dict[str, Type[Solver]] = {cls.name: cls for cls in (
-    Euler, Heun, DDIM, EulerAncestral, DPMpp2M, DPMpp3M, DPMpp2MSDE, DPMpp3MSDE, Seeds1, Seeds2, Seeds3)}
+    Euler, Heun, DDIM, EulerAncestral, DPMpp2M, DPMpp3M, DPMpp2MSDE, DPMpp3MSDE, Seeds1, Seeds2, Seeds3,
+    Restart, PLMS, LieTrotter, Strang)}
 
 
 def get_solver(name: str, **options) -> Solver:
