@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <string>
 
 #include "../ops.h"
@@ -32,7 +33,7 @@ TileFn tile_fn() {
   return fn;
 }
 
-constexpr int64_t kChunk = 16 * kTile;       // elements per parallel work item
+constexpr int64_t kChunk = 8 * kTile;        // elements per work item (dynamically scheduled)
 constexpr int64_t kSerialBelow = 1 << 15;    // smaller calls stay on the calling thread
 
 void fused_step_cpu(at::TensorList outs, at::TensorList inputs, at::ArrayRef<double> coeffs,
@@ -43,13 +44,26 @@ void fused_step_cpu(at::TensorList outs, at::TensorList inputs, at::ArrayRef<dou
   const int64_t chunk = std::min(kChunk, (args.per_sample + 3) / 4 * 4);
   const int64_t chunks_per_sample = (args.per_sample + chunk - 1) / chunk;
   const int64_t total = args.samples * chunks_per_sample;
-  const int64_t grain = std::max<int64_t>(1, kSerialBelow / chunk);
-  at::parallel_for(0, total, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = i / chunks_per_sample;
-      const int64_t start = (i - b * chunks_per_sample) * chunk;
-      const int64_t stop = std::min(start + chunk, args.per_sample);
-      for (int64_t e = start; e < stop; e += kTile) fn(args, b, e, std::min(kTile, stop - e));
+  auto run_chunk = [&](int64_t i) {
+    const int64_t b = i / chunks_per_sample;
+    const int64_t start = (i - b * chunks_per_sample) * chunk;
+    const int64_t stop = std::min(start + chunk, args.per_sample);
+    for (int64_t e = start; e < stop; e += kTile) fn(args, b, e, std::min(kTile, stop - e));
+  };
+  const int64_t threads = at::get_num_threads();
+  if (threads <= 1 || total * chunk < kSerialBelow || total < 2 || at::in_parallel_region()) {
+    for (int64_t i = 0; i < total; ++i) run_chunk(i);
+    return;
+  }
+  // Dynamic schedule: one worker per thread pulls chunks from a shared counter, so a thread whose core is busy
+  // with other work does not hold up the step (at::parallel_for alone splits the range statically).
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min(threads, total), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t w = begin; w < end; ++w) {
+      for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < total;
+           i = next.fetch_add(1, std::memory_order_relaxed)) {
+        run_chunk(i);
+      }
     }
   });
 }
