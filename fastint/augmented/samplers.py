@@ -1,0 +1,325 @@
+"""Samplers for the augmented processes (CLD, PSLD): every state update is ONE fused-op call with outputs (x, v).
+
+The state is ``u = (x, v)`` per coordinate; ``model`` is an affine score (``adapters.py``): score = C(t) [x, v, o].
+Times are forward times, decreasing: ``ts[0] = 1 > ... > ts[-1] = eps`` (``time_grid``), then an optional final
+denoising step to 0 (the mean of an Euler-Maruyama step, as CLD-SGM and PSLD do). Reverse-time step ``i`` goes from
+``t = ts[i]`` to ``ts[i+1]``, ``h = ts[i] - ts[i+1] > 0``; ``b = int beta`` over it. Reverse SDE:
+``du = beta (-F u + Q score) dh + sqrt(beta Q) dW``; probability flow: ``du = beta (-F u + Q score / 2) dh``.
+
+Methods (NFE per step):
+
+- ``em`` (1): Euler-Maruyama, CLD-SGM's ``get_em_sampler`` / PSLD's ``EulerMaruyamaSampler``.
+- ``sscs`` (1): symmetric splitting (CLD paper; PSLD's ``SSCSSampler``): exact reverse linear half step
+  (``S Phi S``, covariance ``S Sigma S``, processes.py), Euler step of the score part ``u += h beta Q (score +
+  Sigma_inf^{-1} u)``, exact half step. The score step and the second half step are fused into one call.
+  ``timing='midpoint'`` (default): the halves cover their own sub-intervals and the score is evaluated at the
+  midpoint time (Strang splitting of the time-dependent problem); ``timing='reference'``: as CLD-SGM and PSLD do,
+  both halves use the integrated rate of the *first* half interval and the score/beta are taken at the step's start
+  time (identical for constant beta up to the score time).
+- ``pf_euler`` (1), ``pf_heun`` (2): Euler / Heun on the probability-flow ODE.
+- ``conjugate`` (1): the conjugate (lambda-DDIM) integrator of arXiv 2310.07894 on the probability-flow ODE in its
+  eps form ``du/dt = beta F u + beta Q L_t^{-T} eps / 2`` (``eps = -L_t^T score``, L the HSM kernel covariance's
+  Cholesky factor): ``ubar = A_t u`` with ``A_t = e^{lambda t} exp(-int_0^t beta F)`` (B_t = lambda I) obeys
+  ``dubar/dt = lambda ubar + dPhi/dt eps``, ``Phi(t) = int_0^t beta_s A_s Q L_s^{-T} / 2 ds``; one step is
+  ``ubar_{n+1} = (1 + lambda (t_{n+1} - t_n)) ubar_n + (Phi(t_{n+1}) - Phi(t_n)) eps_n`` (lambda = 0: the DDIM-type
+  exponential integrator, exact for constant eps). Phi by Gauss-Legendre quadrature in log t on the host.
+  This is our reconstruction from SPECS' summary (the B_t = lambda I choice); order 1.
+- ``conjugate_splitting`` (1): reconstructed hybrid (NOT verified against the paper's text, which we could not
+  read): the probability-flow part by the conjugate step above, then the Langevin remainder of the reverse SDE
+  (drift ``beta Q score / 2`` plus noise) split into a score kick ``u += h beta Q (score + Sigma_inf^{-1} u) / 2``
+  reusing the step's one score evaluation ("reduced" splitting) and the exact Ornstein-Uhlenbeck flow
+  ``du = -beta Q Sigma_inf^{-1} u / 2 dh + sqrt(beta Q) dW`` (per coordinate: decay ``exp(-q p b / 2)``, variance
+  ``(1 - exp(-q p b)) / p``). Kick and OU are one fused call with the conjugate step.
+- ``naive_splitting`` (2): the same split with a fresh score evaluation after the deterministic part.
+
+Noise (docs/noise.md addressing): step ``i`` uses counter ``2 i`` for its first noise event and ``2 i + 1`` for its
+second (SSCS: first half step = counter 2i streams 0 (x), 1 (v); second half step = counter 2i + 1 streams 0, 1);
+EM and the splitting methods use counter 2i, streams 0 (x) and 1 (v). With ``noise_sampler(t_a, t_b)`` the noise
+is injected instead: called for stream 0 then stream 1 of each event, with the event's (forward) time interval.
+"""
+
+import math
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..ops import fused_step
+from ..sampling import per_sample_seeds
+from .adapters import AugmentedModel, NUMERICAL_EPS
+from .processes import CLD, PSLD, AugmentedProcess, cholesky2
+
+__all__ = ["sample_augmented", "time_grid", "METHODS", "nfe_per_step"]
+
+METHODS = {  # name: (nfe per step, stochastic)
+    "em": (1, True), "sscs": (1, True), "pf_euler": (1, False), "pf_heun": (2, False),
+    "conjugate": (1, False), "conjugate_splitting": (1, True), "naive_splitting": (2, True),
+}
+
+
+def nfe_per_step(method: str) -> int:
+    return METHODS[method][0]
+
+
+def time_grid(steps: int, eps: float = 1e-3, striding: str = "linear") -> List[float]:
+    """Forward times ``1 = ts[0] > ... > ts[steps] = eps`` as CLD-SGM / PSLD build them (reverse times
+    ``linspace(0, 1 - eps)``; ``quadratic``: ``t_final * flip(1 - (t / t_final)^2)``)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if not (isinstance(eps, (int, float)) and 0 < eps < 1):
+        raise ValueError(f"eps must be in (0, 1), got {eps!r}")
+    t_final = 1.0 - eps
+    rev = torch.linspace(0.0, t_final, steps + 1, dtype=torch.float64)
+    if striding == "quadratic":
+        rev = t_final * torch.flip(1 - (rev / t_final) ** 2.0, dims=[0])
+    elif striding != "linear":
+        raise ValueError(f"striding must be 'linear' or 'quadratic', got {striding!r}")
+    return [1.0 - float(r) for r in rev]
+
+
+class _Run:
+    """The state buffers, the noise source and the fused op for one sampling run."""
+
+    def __init__(self, x, v, seeds, noise_sampler, backend):
+        self.x, self.v = x.clone(memory_format=torch.contiguous_format), v.clone(memory_format=torch.contiguous_format)
+        self.seeds, self.noise_sampler, self.backend = seeds, noise_sampler, backend
+
+    def _noise(self, t_a, t_b):
+        out = []
+        for _ in range(2):
+            z = self.noise_sampler(t_a, t_b)
+            if not isinstance(z, torch.Tensor) or z.shape != self.x.shape or z.device != self.x.device:
+                raise ValueError(f"noise_sampler returned {getattr(z, 'shape', type(z))}; expected a tensor of "
+                                 f"shape {tuple(self.x.shape)} on {self.x.device}")
+            out.append(z)
+        return out
+
+    def apply(self, coeffs: np.ndarray, outs: Sequence[torch.Tensor] = (), noise: Optional[np.ndarray] = None,
+              counter: int = 0, interval: Tuple[float, float] = (0.0, 0.0), target=None):
+        """``(x, v) <- coeffs @ [x, v, outs] + noise @ [z_x, z_v]`` in one fused call (in place unless ``target``
+        names two other buffers)."""
+        inputs = [self.x, self.v] + list(outs)
+        rows = np.asarray(coeffs, dtype=np.float64)
+        kwargs = {}
+        if noise is not None:
+            if self.noise_sampler is not None:
+                inputs += self._noise(*interval)
+                rows = np.concatenate([rows, noise], axis=1)
+            else:
+                rows = np.concatenate([rows, noise], axis=1)
+                kwargs = dict(num_noise=2, seeds=self.seeds, counter=counter)
+        dst = [self.x, self.v] if target is None else target
+        keep = [m for m in range(2) if not (target is None and noise is None and _is_identity_row(rows[m], m))]
+        if not keep:
+            return dst
+        fused_step(inputs, rows[keep].tolist(), out=[dst[m] for m in keep], backend=self.backend, **kwargs)
+        return dst
+
+
+def _is_identity_row(row, m):
+    e = np.zeros_like(row)
+    e[m] = 1.0
+    return bool(np.array_equal(row, e))
+
+
+def _pad(mat: np.ndarray, width: int) -> np.ndarray:
+    out = np.zeros((2, width))
+    out[:, :mat.shape[1]] = mat
+    return out
+
+
+def _gl_nodes(n=48):
+    return np.polynomial.legendre.leggauss(n)
+
+
+class _Conjugate:
+    """Host-side pieces of the conjugate integrator (A_t, Phi increments, L_t^T)."""
+
+    def __init__(self, process: AugmentedProcess, lam: float, numerical_eps: float):
+        self.p, self.lam, self.eps = process, float(lam), numerical_eps
+        self.nodes, self.weights = _gl_nodes()
+
+    def A(self, t: float) -> np.ndarray:
+        phi, _ = self.p.transition(self.p.beta_int(t))  # exp(B F)
+        return math.exp(self.lam * t) * np.linalg.inv(phi)
+
+    def L(self, t: float) -> np.ndarray:
+        return cholesky2(self.p.kernel(t, 0.0, self.p.init_aux_var, self.eps)[1])
+
+    def dphi(self, t_a: float, t_b: float) -> np.ndarray:
+        """``Phi(t_b) - Phi(t_a)`` (Gauss-Legendre in log t)."""
+        la, lb = math.log(t_a), math.log(t_b)
+        total = np.zeros((2, 2))
+        for x, w in zip(self.nodes, self.weights):
+            s = math.exp(0.5 * (la + lb) + 0.5 * (lb - la) * x)
+            integrand = 0.5 * self.p.beta(s) * self.A(s) @ self.p.Q @ np.linalg.inv(self.L(s)).T
+            total += w * 0.5 * (lb - la) * s * integrand
+        return total
+
+
+def sample_augmented(process: AugmentedProcess, model: AugmentedModel, x: torch.Tensor, v: torch.Tensor,
+                     ts: Optional[Sequence[float]] = None, method: str = "sscs", *, steps: Optional[int] = None,
+                     eps: float = 1e-3, striding: str = "linear", denoise: bool = True, timing: str = "midpoint",
+                     lam: float = 0.0, seed=None, noise_sampler: Optional[Callable] = None,
+                     backend: Optional[str] = None, numerical_eps: float = NUMERICAL_EPS,
+                     variance_eps: float = 0.0, callback: Optional[Callable] = None
+                     ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Sample the reverse process of ``process`` from ``(x, v)`` at ``ts[0]`` down to ``ts[-1]`` (then denoise to 0).
+
+    Args:
+        process: a ``CLD`` or ``PSLD``.
+        model: an affine score (``ScoreFunction``, ``CLDMixedScore``, ``PSLDEps``, ``ExactScore``).
+        x, v: the initial state (same shape ``(batch, ...)``, dtype and device), e.g. prior samples.
+        ts: forward times, strictly decreasing in (0, 1]; or ``steps`` (+ ``eps``, ``striding``) for ``time_grid``.
+        method: one of ``METHODS`` (module docstring).
+        denoise: a final noise-free Euler-Maruyama step from ``ts[-1]`` to 0 (one more NFE), as the references.
+        timing: SSCS only: 'midpoint' or 'reference' (module docstring).
+        lam: lambda of the conjugate methods.
+        seed / noise_sampler: in-kernel Philox noise seeds (int: sample b uses seed + b) or injected noise.
+        numerical_eps: the diagonal regulariser of the conjugate methods' kernel covariance (as the adapters).
+        variance_eps: added to the diagonal of SSCS half-step covariances (CLD-SGM's ``sscs_num_stab``, PSLD's 1e-9).
+        callback: ``callback({'i', 't', 'x', 'v'})`` after each step.
+    Returns: the final ``(x, v)`` (new tensors).
+    """
+    if not isinstance(process, AugmentedProcess):
+        raise TypeError("process must be a fastint.augmented CLD or PSLD process")
+    if not isinstance(model, AugmentedModel):
+        raise TypeError("model must be an AugmentedModel (ScoreFunction, CLDMixedScore, PSLDEps, ExactScore)")
+    if model.process is not None and model.process != process:
+        raise ValueError("the model was built for a different process than the one sampled")
+    if method not in METHODS:
+        raise ValueError(f"unknown augmented method {method!r}; available: {', '.join(METHODS)}")
+    for name, t in (("x", x), ("v", v)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() < 2:
+            raise TypeError(f"{name} must be a floating-point tensor (batch, channels, ...)")
+    if x.shape != v.shape or x.dtype != v.dtype or x.device != v.device:
+        raise ValueError(f"x and {process.second} must have the same shape, dtype and device: got "
+                         f"{tuple(x.shape)} {x.dtype} {x.device} and {tuple(v.shape)} {v.dtype} {v.device}")
+    if timing not in ("midpoint", "reference"):
+        raise ValueError(f"timing must be 'midpoint' or 'reference', got {timing!r}")
+    if not (isinstance(lam, (int, float)) and math.isfinite(lam)):
+        raise ValueError(f"lam must be a finite number, got {lam!r}")
+    if ts is None:
+        if steps is None:
+            raise ValueError("give ts (forward times) or steps")
+        ts = time_grid(steps, eps, striding)
+    ts = [float(t) for t in (ts.tolist() if isinstance(ts, torch.Tensor) else ts)]
+    if len(ts) < 2 or not all(0 < b < a <= 1 for a, b in zip(ts, ts[1:])):
+        raise ValueError("ts must be >= 2 strictly decreasing forward times in (0, 1]")
+    nfe, stochastic = METHODS[method]
+    if noise_sampler is not None and not callable(noise_sampler):
+        raise TypeError("noise_sampler must be callable as noise_sampler(t_a, t_b)")
+    seeds = per_sample_seeds(seed, x.shape[0], x.device) if stochastic and noise_sampler is None else None
+    run = _Run(x, v, seeds, noise_sampler, backend)
+    p = process
+    Q, P = p.Q, p.prior_precision
+    k = model.num_outputs
+    I2 = np.eye(2)
+    conj = _Conjugate(p, lam, numerical_eps) if method in ("conjugate", "conjugate_splitting") else None
+
+    def score_mat(t):  # score = C [u, o]
+        c = np.asarray(model.coefficients(t), dtype=np.float64)
+        if c.shape != (2, 2 + k):
+            raise ValueError(f"model.coefficients returned shape {c.shape}, expected (2, {2 + k})")
+        return c
+
+    def drift_mat(t, pf):  # reverse drift over [u, o]: beta(-F u + w Q score)
+        w = 0.5 if pf else 1.0
+        beta = p.beta(t)
+        c = score_mat(t)
+        d = w * beta * Q @ c
+        d[:, :2] += -beta * p.F
+        return d
+
+    def kick(t, h, scale=1.0):  # u + scale h beta Q (score + P u) over [u, o]
+        c = score_mat(t)
+        m = scale * h * p.beta(t) * Q @ c
+        m[:, :2] += I2 + scale * h * p.beta(t) * Q @ P
+        return m
+
+    def half(b):
+        if b <= 0:
+            return I2, np.zeros((2, 2))
+        phi, cov = p.reverse_transition(b)
+        return phi, cholesky2(cov + variance_eps * I2)
+
+    def ou(t_a, t_b):  # exact OU du = -beta Q P u / 2 dh + sqrt(beta Q) dW over forward [t_b, t_a]
+        b = p.rate(t_b, t_a)
+        qp = np.diag(Q @ P)
+        decay = np.exp(-0.5 * qp * b)
+        var = np.array([-math.expm1(-qp[j] * b) / P[j, j] for j in range(2)])
+        return np.diag(decay), np.diag(np.sqrt(np.maximum(var, 0.0)))
+
+    def conj_step(t_a, t_b):  # u_b = R [u, o] (deterministic conjugate step), over [u, o]
+        c = score_mat(t_a)
+        LT = conj.L(t_a).T
+        epsm = -LT @ c  # eps = -L^T score
+        Aa, Ab = conj.A(t_a), conj.A(t_b)
+        m = conj.dphi(t_a, t_b) @ epsm
+        m[:, :2] += (1.0 + lam * (t_b - t_a)) * Aa
+        return np.linalg.solve(Ab, m)
+
+    for i in range(len(ts) - 1):
+        t, tn = ts[i], ts[i + 1]
+        h = t - tn
+        ca, cb = 2 * i, 2 * i + 1
+        if method == "em":
+            outs = model.evaluate(run.x, run.v, t, backend)
+            m = _pad(np.eye(2), 2 + k) + h * drift_mat(t, False)
+            run.apply(m, outs, np.sqrt(h * p.beta(t) * Q), ca, (t, tn))
+        elif method == "pf_euler":
+            outs = model.evaluate(run.x, run.v, t, backend)
+            run.apply(_pad(np.eye(2), 2 + k) + h * drift_mat(t, True), outs)
+        elif method == "pf_heun":
+            o1 = model.evaluate(run.x, run.v, t, backend)
+            d1 = drift_mat(t, True)
+            pred = _pad(np.eye(2), 2 + k) + h * d1
+            xp, vp = torch.empty_like(run.x), torch.empty_like(run.v)
+            run.apply(pred, o1, target=[xp, vp])
+            o2 = model.evaluate(xp, vp, tn, backend)
+            d2 = drift_mat(tn, True)  # over [u_p, o2]
+            # u + h/2 (d1 [u, o1] + d2u (pred [u, o1]) + d2o o2), over [u, o1, o2]
+            m = np.zeros((2, 2 + 2 * k))
+            m[:, :2 + k] = _pad(np.eye(2), 2 + k) + 0.5 * h * (d1 + d2[:, :2] @ pred)
+            m[:, 2 + k:] = 0.5 * h * d2[:, 2:]
+            run.apply(m, list(o1) + list(o2))
+        elif method == "sscs":
+            if timing == "midpoint":
+                tm = 0.5 * (t + tn)
+                b1, b2, ts_score = p.rate(tm, t), p.rate(tn, tm), tm
+            else:
+                b1 = b2 = p.rate(t - 0.5 * h, t)
+                ts_score = t
+            r1, l1 = half(b1)
+            run.apply(r1, (), l1, ca, (t, t - 0.5 * h))
+            outs = model.evaluate(run.x, run.v, ts_score, backend)
+            r2, l2 = half(b2)
+            run.apply(r2 @ kick(ts_score, h), outs, l2, cb, (t - 0.5 * h, tn))
+        elif method == "conjugate":
+            outs = model.evaluate(run.x, run.v, t, backend)
+            run.apply(conj_step(t, tn), outs)
+        elif method in ("conjugate_splitting", "naive_splitting"):
+            outs = model.evaluate(run.x, run.v, t, backend)
+            if method == "conjugate_splitting":
+                det = conj_step(t, tn)
+                # kick reuses the score at (u, t): score(u) = c [u, o]; kicked from the deterministic result
+                kk = 0.5 * h * p.beta(t) * Q
+                c = score_mat(t)
+                m = det + kk @ P @ det + kk @ c
+            else:
+                det = _pad(np.eye(2), 2 + k) + h * drift_mat(t, True)
+                xp, vp = torch.empty_like(run.x), torch.empty_like(run.v)
+                run.apply(det, outs, target=[xp, vp])
+                outs2 = model.evaluate(xp, vp, tn, backend)
+                run.x, run.v = xp, vp
+                m = kick(tn, h, 0.5)
+                outs = outs2
+            decay, std = ou(t, tn)
+            run.apply(decay @ m, outs, std, ca, (t, tn))
+        if callback is not None:
+            callback({"i": i, "t": tn, "x": run.x, "v": run.v})
+    if denoise:
+        te = ts[-1]
+        outs = model.evaluate(run.x, run.v, te, backend)
+        run.apply(_pad(np.eye(2), 2 + k) + te * drift_mat(te, False), outs)
+    return run.x, run.v
