@@ -7,7 +7,8 @@ import fastint
 from fastint.models import default_mixture
 from fastint.schedules import karras
 
-SOLVERS = [s["name"] for s in fastint.list_solvers()]
+GUIDED = {"lie_trotter", "strang"}  # need a guidance function: tests/test_splitting.py
+SOLVERS = [s["name"] for s in fastint.list_solvers() if s["name"] not in GUIDED]
 
 
 @pytest.fixture
@@ -20,7 +21,7 @@ def setup():
 def test_list_solvers_describes_every_solver():
     rows = {r["name"]: r for r in fastint.list_solvers()}
     assert set(rows) == {"euler", "heun", "ddim", "euler_ancestral", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde",
-                         "dpmpp_3m_sde", "seeds_1", "seeds_2", "seeds_3"}
+                         "dpmpp_3m_sde", "seeds_1", "seeds_2", "seeds_3", "restart", "plms", "lie_trotter", "strang"}
     assert rows["seeds_3"]["options"] == {"eta": 1.0, "s_noise": 1.0, "r_1": 1 / 3, "r_2": 2 / 3}
     assert rows["heun"]["nfe_per_step"].startswith("2") and rows["seeds_3"]["nfe_per_step"].startswith("3")
     assert rows["dpmpp_2m_sde"]["stochastic"] and not rows["dpmpp_2m"]["stochastic"]

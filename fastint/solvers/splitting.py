@@ -98,8 +98,12 @@ class _Guided(Solver):
             raise FloatingPointError(f"the guidance gradient at sigma={sigma:.6g} contains NaN or Inf")
         return grad
 
-    def _plms(self, ctx, x, owned_x, denoised, grad_coef, grad, history, s, t, k):
-        """x + dg AB(eps) with eps = (x - D)/s [+ grad_coef G]; writes (x_new, eps) in one fused call."""
+    def _plms(self, ctx, x, owned_x, denoised, grad_coef, grad, history, pool, s, t, k):
+        """x + dg AB(eps) with eps = (x - D)/s [+ grad_coef G]; writes (x_new, eps) in one fused call.
+
+        ``pool`` holds the views of one (1 + slots, *shape) buffer: slot 0 holds the state when the run's first update cannot be
+        written in place (the caller's x), slots 1.. the eps history (the newest eps overwrites the oldest once
+        the history is full: an exact alias of an input, which the op allows)."""
         weights = AB_WEIGHTS[min(self.config["order"], k + 1)]
         dg = t - s
         w0 = weights[0]
@@ -110,22 +114,23 @@ class _Guided(Solver):
             inputs.append(grad)
             row_x.append(dg * w0 * grad_coef)
             row_e.append(grad_coef)
-        used = history[:len(weights) - 1]
-        for w, eps in zip(weights[1:], used):
+        for w, eps in zip(weights[1:], history):
             inputs.append(eps)
             row_x.append(dg * w)
             row_e.append(0.0)
-        full = len(history) >= self.config["order"] - 1 and history
-        eps_out = history[-1] if full else torch.empty(ctx.shape, dtype=ctx.dtype, device=ctx.device)
-        x_out = x if owned_x else torch.empty(ctx.shape, dtype=ctx.dtype, device=ctx.device)
+        slots = len(pool) - 1
+        eps_out = history[-1] if len(history) == slots else pool[1 + len(history)]
+        x_out = x if owned_x else pool[0]
         fused_step(inputs, [row_x, row_e], out=[x_out, eps_out], backend=ctx.backend)
         history = [eps_out] + [h for h in history if h is not eps_out]
-        return x_out, history[:max(self.config["order"] - 1, 1)]
+        return x_out, history[:slots]
 
     def run(self, ctx, x):
         w = self.config["guidance_scale"]
         guided = self.guidance_fn is not None and w != 0
-        history, mine = [], None  # mine: the state buffer _plms allocated (written in place afterwards)
+        buffer = torch.empty((1 + max(self.config["order"] - 1, 1), *ctx.shape), dtype=ctx.dtype, device=ctx.device)
+        pool = list(buffer.unbind(0))
+        history = []
         for i in range(ctx.steps):
             s, t = ctx.sigmas[i], ctx.sigmas[i + 1]
             dg = t - s
@@ -138,8 +143,7 @@ class _Guided(Solver):
                 grad, grad_coef = self.gradient(ctx, x, s), -s * w
             denoised = ctx.denoise(x, s)
             ctx.report(i, x, s, s, denoised)
-            x, history = self._plms(ctx, x, ctx.owns(x) or x is mine, denoised, grad_coef, grad, history, s, t, i)
-            mine = x
+            x, history = self._plms(ctx, x, ctx.owns(x) or x is pool[0], denoised, grad_coef, grad, history, pool, s, t, i)
             if self.split == "strang" and guided and t > 0:
                 g = self.gradient(ctx, x, t)
                 x = ctx.combine([(1.0, x), (-0.5 * dg * t * w, g)], inplace=x)
