@@ -224,7 +224,7 @@ inline void box_muller_vec(float* ua, float* ub, int64_t count) {
 }
 
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
-// One fused register pass per 8 Philox groups (32 elements): Philox rounds -> uniforms -> Box-Muller -> 4x8
+// One fused register pass per 16 Philox groups (64 elements): Philox rounds -> uniforms -> Box-Muller -> 4x8
 // transpose to element order -> acc += c * z. Nothing but the accumulators touches memory.
 inline __m256 uniform8(__m256i w) {
   const __m256i folded = _mm256_xor_si256(w, _mm256_srai_epi32(w, 31));  // i < 0 ? ~i : i
@@ -247,51 +247,67 @@ inline void noise_accumulate_simd(uint32_t first_group, uint32_t ctr, uint32_t k
   const __m256i mb = _mm256_set1_epi32(static_cast<int>(kPhiloxRoundB));
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256 vc0 = _mm256_set1_ps(c0), vc1 = _mm256_set1_ps(c1);
-  for (int64_t e = 0; e < len; e += 32) {
-    __m256i w0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(first_group + static_cast<uint32_t>(e / 4))),
-                                  lane);
-    __m256i w1 = _mm256_set1_epi32(static_cast<int>(ctr));
-    __m256i w2 = _mm256_setzero_si256(), w3 = _mm256_setzero_si256();
+  for (int64_t e0 = 0; e0 < len; e0 += 64) {
+    // two independent 8-group blocks interleaved in the round loop: the rounds are latency bound, so this runs
+    // ~1.4x faster than one block at a time
+    __m256i w[2][4];
+    for (int u = 0; u < 2; ++u) {
+      w[u][0] = _mm256_add_epi32(
+          _mm256_set1_epi32(static_cast<int>(first_group + static_cast<uint32_t>(e0 / 4 + 8 * u))), lane);
+      w[u][1] = _mm256_set1_epi32(static_cast<int>(ctr));
+      w[u][2] = _mm256_setzero_si256();
+      w[u][3] = _mm256_setzero_si256();
+    }
     uint32_t ka = k0, kb = k1;
     for (int r = 0; r < 10; ++r) {
-      __m256i lo0, lo1;
-      const __m256i hi0 = mulhilo8(w0, ma, &lo0);
-      const __m256i hi1 = mulhilo8(w2, mb, &lo1);
-      w0 = _mm256_xor_si256(_mm256_xor_si256(hi1, w1), _mm256_set1_epi32(static_cast<int>(ka)));
-      w2 = _mm256_xor_si256(_mm256_xor_si256(hi0, w3), _mm256_set1_epi32(static_cast<int>(kb)));
-      w1 = lo1;
-      w3 = lo0;
+      const __m256i vka = _mm256_set1_epi32(static_cast<int>(ka)), vkb = _mm256_set1_epi32(static_cast<int>(kb));
+      for (int u = 0; u < 2; ++u) {
+        __m256i lo0, lo1;
+        const __m256i hi0 = mulhilo8(w[u][0], ma, &lo0);
+        const __m256i hi1 = mulhilo8(w[u][2], mb, &lo1);
+        w[u][0] = _mm256_xor_si256(_mm256_xor_si256(hi1, w[u][1]), vka);
+        w[u][2] = _mm256_xor_si256(_mm256_xor_si256(hi0, w[u][3]), vkb);
+        w[u][1] = lo1;
+        w[u][3] = lo0;
+      }
       ka += kPhiloxKeyA;
       kb += kPhiloxKeyB;
     }
-    __m256 n0, n1, n2, n3;
-    box_muller8(uniform8(w0), uniform8(w1), &n0, &n1);
-    box_muller8(uniform8(w2), uniform8(w3), &n2, &n3);
-    // transpose (n0..n3 over groups g..g+7) into element order z[4g + j] = n_j[g]
-    const __m256 a = _mm256_unpacklo_ps(n0, n1), b = _mm256_unpackhi_ps(n0, n1);
-    const __m256 c = _mm256_unpacklo_ps(n2, n3), d = _mm256_unpackhi_ps(n2, n3);
-    const __m256 g04 = _mm256_shuffle_ps(a, c, 0x44), g15 = _mm256_shuffle_ps(a, c, 0xEE);
-    const __m256 g26 = _mm256_shuffle_ps(b, d, 0x44), g37 = _mm256_shuffle_ps(b, d, 0xEE);
-    __m256 z[4];
-    z[0] = _mm256_permute2f128_ps(g04, g15, 0x20);
-    z[1] = _mm256_permute2f128_ps(g26, g37, 0x20);
-    z[2] = _mm256_permute2f128_ps(g04, g15, 0x31);
-    z[3] = _mm256_permute2f128_ps(g26, g37, 0x31);
-    if (e + 32 <= len) {
-      for (int q = 0; q < 4; ++q) {
-        float* p0 = acc0 + e + 8 * q;
-        _mm256_storeu_ps(p0, _mm256_add_ps(_mm256_loadu_ps(p0), _mm256_mul_ps(z[q], vc0)));
-        if (num_out > 1) {
-          float* p1 = acc1 + e + 8 * q;
-          _mm256_storeu_ps(p1, _mm256_add_ps(_mm256_loadu_ps(p1), _mm256_mul_ps(z[q], vc1)));
+    __m256 n[2][4];
+    for (int u = 0; u < 2; ++u) {
+      box_muller8(uniform8(w[u][0]), uniform8(w[u][1]), &n[u][0], &n[u][1]);
+      box_muller8(uniform8(w[u][2]), uniform8(w[u][3]), &n[u][2], &n[u][3]);
+    }
+    for (int u = 0; u < 2; ++u) {
+      const int64_t e = e0 + 32 * u;
+      if (e >= len) break;
+      const __m256 n0 = n[u][0], n1 = n[u][1], n2 = n[u][2], n3 = n[u][3];
+      // transpose (n0..n3 over groups g..g+7) into element order z[4g + j] = n_j[g]
+      const __m256 a = _mm256_unpacklo_ps(n0, n1), b = _mm256_unpackhi_ps(n0, n1);
+      const __m256 c = _mm256_unpacklo_ps(n2, n3), d = _mm256_unpackhi_ps(n2, n3);
+      const __m256 g04 = _mm256_shuffle_ps(a, c, 0x44), g15 = _mm256_shuffle_ps(a, c, 0xEE);
+      const __m256 g26 = _mm256_shuffle_ps(b, d, 0x44), g37 = _mm256_shuffle_ps(b, d, 0xEE);
+      __m256 z[4];
+      z[0] = _mm256_permute2f128_ps(g04, g15, 0x20);
+      z[1] = _mm256_permute2f128_ps(g26, g37, 0x20);
+      z[2] = _mm256_permute2f128_ps(g04, g15, 0x31);
+      z[3] = _mm256_permute2f128_ps(g26, g37, 0x31);
+      if (e + 32 <= len) {
+        for (int q = 0; q < 4; ++q) {
+          float* p0 = acc0 + e + 8 * q;
+          _mm256_storeu_ps(p0, _mm256_add_ps(_mm256_loadu_ps(p0), _mm256_mul_ps(z[q], vc0)));
+          if (num_out > 1) {
+            float* p1 = acc1 + e + 8 * q;
+            _mm256_storeu_ps(p1, _mm256_add_ps(_mm256_loadu_ps(p1), _mm256_mul_ps(z[q], vc1)));
+          }
         }
-      }
-    } else {
-      alignas(32) float zs[32];
-      for (int q = 0; q < 4; ++q) _mm256_store_ps(zs + 8 * q, z[q]);
-      for (int64_t i = 0; i < len - e; ++i) {
-        acc0[e + i] = acc0[e + i] + zs[i] * c0;
-        if (num_out > 1) acc1[e + i] = acc1[e + i] + zs[i] * c1;
+      } else {
+        alignas(32) float zs[32];
+        for (int q = 0; q < 4; ++q) _mm256_store_ps(zs + 8 * q, z[q]);
+        for (int64_t i = 0; i < len - e; ++i) {
+          acc0[e + i] = acc0[e + i] + zs[i] * c0;
+          if (num_out > 1) acc1[e + i] = acc1[e + i] + zs[i] * c1;
+        }
       }
     }
   }
