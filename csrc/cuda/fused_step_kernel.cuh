@@ -85,8 +85,10 @@ __device__ __forceinline__ void store4(void* p, int32_t dtype, int64_t i, const 
 }
 
 // M outputs and K noise streams are compile-time (10 instantiations); N is a uniform runtime loop (<= 6).
+// __grid_constant__: the parameters (coefficients included) stay in the constant bank; taking their address (the
+// FusedStepArgs accessors) does not copy them to per-thread local memory.
 template <int M, int K>
-__global__ void __launch_bounds__(256) fused_step_kernel(const KernelParams p) {
+__global__ void __launch_bounds__(256) fused_step_kernel(const __grid_constant__ KernelParams p) {
   const FusedStepArgs& a = p.args;
   const int n_in = a.num_in;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -108,7 +110,10 @@ __global__ void __launch_bounds__(256) fused_step_kernel(const KernelParams p) {
       if (vec) {
         load4(a.in[n], a.in_dtype[n], base, x);
       } else {
-        for (int j = 0; j < count; ++j) x[j] = load_scalar(a.in[n], a.in_dtype[n], base + j);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {  // constant indices keep x[] in registers
+          if (j < count) x[j] = load_scalar(a.in[n], a.in_dtype[n], base + j);
+        }
       }
 #pragma unroll
       for (int m = 0; m < M; ++m) {
@@ -136,7 +141,10 @@ __global__ void __launch_bounds__(256) fused_step_kernel(const KernelParams p) {
       if (vec) {
         store4(a.out[m], a.out_dtype[m], base, acc[m]);
       } else {
-        for (int j = 0; j < count; ++j) store_scalar(a.out[m], a.out_dtype[m], base + j, acc[m][j]);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          if (j < count) store_scalar(a.out[m], a.out_dtype[m], base + j, acc[m][j]);
+        }
       }
     }
   }
