@@ -70,3 +70,15 @@ def test_install_without_extension(tmp_path, how):
     r = subprocess.run([py, "-c", CHECK], capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "BACKENDS" in r.stdout and "not built" in r.stdout, r.stdout
+
+
+def test_setup_does_not_import_torch_when_disabled(tmp_path):
+    """FASTINT_BUILD_EXT=0: setup.py must not import torch (a poisoned torch on the path proves it)."""
+    fake = tmp_path / "fake" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('torch imported by setup.py')\n")
+    env = dict(os.environ, FASTINT_BUILD_EXT="0", PYTHONPATH=str(tmp_path / "fake"))
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "setup.py"), "--name"], capture_output=True, text=True,
+                       env=env, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "fastint" in r.stdout and "torch imported" not in r.stderr
