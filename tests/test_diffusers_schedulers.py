@@ -33,6 +33,15 @@ SHAPE = (2, 3, 8, 8)
 STEPS = 5
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny convolutions: one intra-op thread (2 threads on a loaded 2-core machine spin for seconds per call)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _unet(seed: int) -> UNet2DModel:
     torch.manual_seed(seed)
     return UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
