@@ -20,7 +20,7 @@ import fastint
 from fastint.ops import fused_step, philox
 from fastint.ops import extension
 
-from conftest import IN_TRITON_SUBPROCESS, require_backend
+from kernel_backends import IN_TRITON_SUBPROCESS, require_backend
 
 if IN_TRITON_SUBPROCESS:  # the interpreter is slow: small sizes
     SIZES = [(1, 1), (1, 7), (1, 1023), (3, 1023), (1, 16411), (7,)]
