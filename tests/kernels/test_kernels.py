@@ -63,6 +63,20 @@ def _run(backend, inputs, coeffs, seeds, counter, n_noise, out_dtypes, inplace):
     return got
 
 
+def _approximate_transcendentals(name, device):
+    """Compiled Triton may lower log/sin/cos to approximate GPU instructions (SPECS, Philox section): integers and
+    uniforms stay exact, normals agree to a few ulp except where log(u) is tiny (u within ~1e-6 of 1), whose
+    relative error the approximation does not bound."""
+    return name == "triton" and device == "cuda"
+
+
+def _assert_rare_outliers(ratio, what):
+    """At most 1 in 10^4 elements beyond the bound, none beyond 500x it."""
+    outliers = (ratio > 1.0).float().mean().item()
+    assert outliers <= 1e-4 and ratio.max().item() <= 500.0, \
+        f"{what}: {outliers:.2e} of the elements beyond the bound, worst {ratio.max().item():.1f}x"
+
+
 def _check(name, device, inputs, coeffs, seeds, counter, n_noise, out_dtypes, inplace):
     got = _run(name, inputs, coeffs, seeds, counter, n_noise, out_dtypes, inplace)
     ref = fused_step([t.double() for t in inputs], coeffs, num_noise=n_noise, seeds=seeds if n_noise else None,
@@ -85,8 +99,12 @@ def _check(name, device, inputs, coeffs, seeds, counter, n_noise, out_dtypes, in
                 f"output {m} ({g.dtype}): max error {err.max().item():.3e} vs eager's {eager_err:.3e}"
         else:
             bound = 2e-6 * scale + 1e-12
-            worst = (err / bound).max().item()
-            assert worst <= 1.0, f"output {m}: max error {err.max().item():.3e} ({worst:.2f}x the bound)"
+            ratio = err / bound
+            if _approximate_transcendentals(name, device) and n_noise:
+                _assert_rare_outliers(ratio, f"output {m}")
+            else:
+                worst = ratio.max().item()
+                assert worst <= 1.0, f"output {m}: max error {err.max().item():.3e} ({worst:.2f}x the bound)"
 
 
 @pytest.mark.parametrize("n_in,n_out,n_noise",
@@ -126,8 +144,12 @@ def test_normals_match_eager(backend):
         coeffs = [[0.0] + [1.0 if j == k else 0.0 for j in range(k + 1)]]
         got = fused_step([zero], coeffs, num_noise=k + 1, seeds=seeds, counter=counter, backend=name)[0]
         want = philox.normals(seeds, counter, k, shape[1])
-        worst = max(worst, (got - want).abs().max().item())
-    assert worst <= 1e-6, f"normals differ from the eager ones by {worst:.3e}"
+        err = (got - want).abs().cpu()
+        if _approximate_transcendentals(name, device):
+            _assert_rare_outliers(err / 1e-6, f"normals (counter {counter}, stream {k})")
+        worst = max(worst, err.max().item())
+    if not _approximate_transcendentals(name, device):
+        assert worst <= 1e-6, f"normals differ from the eager ones by {worst:.3e}"
 
 
 def test_same_noise_regardless_of_batch(backend):
