@@ -9,6 +9,7 @@ coordinates) with the adapter of the prediction type and the same per-sample see
 result to 1e-5 relative (they run the same solver code; the difference is the rounding of x_T / alpha_0 * alpha_0).
 """
 
+import copy
 import gc
 import math
 import threading
@@ -258,10 +259,13 @@ def test_model_error_and_abandoned_runs_clean_up_threads():
         s = x
         for t in scheduler.timesteps:
             s = scheduler.step(torch.full_like(x, float("nan")), t, s).prev_sample
-    # abandoned mid-run, then garbage collected
+    # abandoned mid-run, then garbage collected; a copy made mid-run carries no run
     scheduler.set_timesteps(3)
     scheduler.step(torch.randn(2, 4), scheduler.timesteps[0], x)
     assert len(_solver_threads()) == before + 1
+    clone = copy.deepcopy(scheduler)
+    assert clone.step_index is None and torch.equal(clone.timesteps, scheduler.timesteps)
+    del clone
     del scheduler
     gc.collect()
     for thread in _solver_threads():

@@ -91,7 +91,9 @@ class _DrivenRun:
         self.denoised = None
         self.finished = False
         grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
-        args = (x_ve, sigmas, solver, options, seeds, backend, grad, inference)
+        # the solver's kernels go to the pipeline thread's current CUDA stream (thread-local state otherwise)
+        stream = torch.cuda.current_stream(x_ve.device) if x_ve.device.type == "cuda" else None
+        args = (x_ve, sigmas, solver, options, seeds, backend, grad, inference, stream)
         self.thread = threading.Thread(target=self._main, args=args, name="fastint-diffusers-solver", daemon=True)
         self.thread.start()
 
@@ -113,9 +115,11 @@ class _DrivenRun:
     def _record(self, info):
         self.denoised = info["denoised"]
 
-    def _main(self, x_ve, sigmas, solver, options, seeds, backend, grad, inference):
+    def _main(self, x_ve, sigmas, solver, options, seeds, backend, grad, inference, stream):
+        import contextlib
         try:
-            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad), \
+                    (torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()):
                 result = fastint_sample(self._model, x_ve, sigmas, solver, seed=seeds, backend=backend,
                                         callback=self._record, **options)
             self.from_solver.put(("done", result))
@@ -228,6 +232,12 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
         self._finalizer = None
         self._step_index: Optional[int] = None
         self._returned = None
+
+    def __getstate__(self):
+        """Copies and pickles carry the configuration and schedule, never a run in progress (its thread)."""
+        state = dict(self.__dict__)
+        state.update(_run=None, _finalizer=None, _step_index=None, _returned=None)
+        return state
 
     # -- configuration -----------------------------------------------------------------------------------------
     @property
