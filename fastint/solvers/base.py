@@ -12,7 +12,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..ops import fused_step
+from ..ops import registry
+from ..ops.contract import FusedStepCall, validate
 
 Term = Tuple[float, torch.Tensor]
 
@@ -97,6 +98,7 @@ class SamplingContext:
         self.shape, self.dtype, self.device = x.shape, x.dtype, x.device
         self.nfe = 0
         self._owned: Dict[int, weakref.ref] = {}
+        self._backends: Dict[Tuple, registry.Backend] = {}
 
     @property
     def steps(self) -> int:
@@ -172,6 +174,23 @@ class SamplingContext:
         if out is None:
             out = torch.empty(self.shape, dtype=self.dtype, device=self.device)
             self._owned[id(out)] = weakref.ref(out)
-        fused_step(inputs, [coeffs], num_noise=num_noise, seeds=seeds, counter=counter, out=out,
-                   backend=self.backend)
+        self._fused_step(inputs, coeffs, num_noise, seeds, counter, out)
         return out
+
+    def _fused_step(self, inputs, coeffs, num_noise, seeds, counter, out) -> None:
+        """The op call with the per-call Python cost kept small: the first call of each kind (inputs, noise
+        streams, dtypes) is fully validated and picks the backend; later calls of that kind reuse the choice.
+        Every input is state-shaped on the state's device (``denoise`` and ``draw_injected_noise`` check model
+        outputs and injected noise) and ``out`` is a buffer of this run, so only contiguity and the coefficients
+        need checking again."""
+        key = (len(inputs), num_noise, tuple(t.dtype for t in inputs))
+        backend = self._backends.get(key)
+        if backend is None:
+            call = validate(inputs, [coeffs], out, seeds, counter, num_noise)
+            backend = self._backends[key] = registry.select(call, self.backend)
+        else:
+            if not all(math.isfinite(c) for c in coeffs):
+                raise ValueError(f"non-finite step coefficients {coeffs}: check the sigmas and solver options")
+            inputs = [t if t.is_contiguous() else t.contiguous() for t in inputs]
+            call = FusedStepCall([out], inputs, coeffs, seeds, counter, num_noise)
+        backend.run(call)
