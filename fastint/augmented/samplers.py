@@ -24,13 +24,17 @@ Methods (NFE per step):
   ``ubar_{n+1} = (1 + lambda (t_{n+1} - t_n)) ubar_n + (Phi(t_{n+1}) - Phi(t_n)) eps_n`` (lambda = 0: the DDIM-type
   exponential integrator, exact for constant eps). Phi by Gauss-Legendre quadrature in log t on the host.
   This is our reconstruction from SPECS' summary (the B_t = lambda I choice); order 1.
-- ``conjugate_splitting`` (1): reconstructed hybrid (NOT verified against the paper's text, which we could not
-  read): the probability-flow part by the conjugate step above, then the Langevin remainder of the reverse SDE
-  (drift ``beta Q score / 2`` plus noise) split into a score kick ``u += h beta Q (score + Sigma_inf^{-1} u) / 2``
-  reusing the step's one score evaluation ("reduced" splitting) and the exact Ornstein-Uhlenbeck flow
-  ``du = -beta Q Sigma_inf^{-1} u / 2 dh + sqrt(beta Q) dW`` (per coordinate: decay ``exp(-q p b / 2)``, variance
-  ``(1 - exp(-q p b)) / p``). Kick and OU are one fused call with the conjugate step.
-- ``naive_splitting`` (2): the same split with a fresh score evaluation after the deterministic part.
+- ``reduced_splitting`` (1), ``naive_splitting`` (2): reconstructed splitting samplers (NOT verified against
+  arXiv 2402.07211's text, which we could not read): the reverse SDE = probability-flow part + Langevin remainder
+  (drift ``beta Q score / 2`` plus noise); the PF part by an Euler step, the remainder split into a score kick
+  ``u += h beta Q (score + Sigma_inf^{-1} u) / 2`` and the exact Ornstein-Uhlenbeck flow ``du = -beta Q
+  Sigma_inf^{-1} u / 2 dh + sqrt(beta Q) dW`` (per coordinate: decay ``exp(-q p b / 2)``, variance
+  ``(1 - exp(-q p b)) / p``). "reduced": the kick reuses the step's one score evaluation; "naive": a fresh score
+  evaluation after the PF part. Kick and OU are one fused call.
+- ``conjugate_splitting`` (1): reconstructed conjugate/splitting hybrid: ``reduced_splitting`` with its
+  probability-flow part taken by the conjugate step above (lambda = ``lam``) instead of Euler. (An SSCS variant whose
+  score step integrates the frozen-eps score flow exactly was tried and diverges at low NFE: the flow grows like
+  ``e^{nu b}``; not kept.)
 
 Noise (docs/noise.md addressing): step ``i`` uses counter ``2 i`` for its first noise event and ``2 i + 1`` for its
 second (SSCS: first half step = counter 2i streams 0 (x), 1 (v); second half step = counter 2i + 1 streams 0, 1);
@@ -53,7 +57,8 @@ __all__ = ["sample_augmented", "time_grid", "METHODS", "nfe_per_step"]
 
 METHODS = {  # name: (nfe per step, stochastic)
     "em": (1, True), "sscs": (1, True), "pf_euler": (1, False), "pf_heun": (2, False),
-    "conjugate": (1, False), "conjugate_splitting": (1, True), "naive_splitting": (2, True),
+    "conjugate": (1, False), "reduced_splitting": (1, True), "naive_splitting": (2, True),
+    "conjugate_splitting": (1, True),
 }
 
 
@@ -298,22 +303,26 @@ def sample_augmented(process: AugmentedProcess, model: AugmentedModel, x: torch.
         elif method == "conjugate":
             outs = model.evaluate(run.x, run.v, t, backend)
             run.apply(conj_step(t, tn), outs)
-        elif method in ("conjugate_splitting", "naive_splitting"):
+        elif method == "conjugate_splitting":
             outs = model.evaluate(run.x, run.v, t, backend)
-            if method == "conjugate_splitting":
-                det = conj_step(t, tn)
-                # kick reuses the score at (u, t): score(u) = c [u, o]; kicked from the deterministic result
+            det = conj_step(t, tn)
+            kk = 0.5 * h * p.beta(t) * Q
+            m = det + kk @ P @ det + kk @ score_mat(t)
+            decay, std = ou(t, tn)
+            run.apply(decay @ m, outs, std, ca, (t, tn))
+        elif method in ("reduced_splitting", "naive_splitting"):
+            outs = model.evaluate(run.x, run.v, t, backend)
+            det = _pad(np.eye(2), 2 + k) + h * drift_mat(t, True)
+            if method == "reduced_splitting":
+                # the kick reuses the score at (u, t): score(u) = c [u, o], applied to the PF result
                 kk = 0.5 * h * p.beta(t) * Q
-                c = score_mat(t)
-                m = det + kk @ P @ det + kk @ c
+                m = det + kk @ P @ det + kk @ score_mat(t)
             else:
-                det = _pad(np.eye(2), 2 + k) + h * drift_mat(t, True)
                 xp, vp = torch.empty_like(run.x), torch.empty_like(run.v)
                 run.apply(det, outs, target=[xp, vp])
-                outs2 = model.evaluate(xp, vp, tn, backend)
+                outs = model.evaluate(xp, vp, tn, backend)
                 run.x, run.v = xp, vp
                 m = kick(tn, h, 0.5)
-                outs = outs2
             decay, std = ou(t, tn)
             run.apply(decay @ m, outs, std, ca, (t, tn))
         if callback is not None:
