@@ -36,4 +36,4 @@ check-cuda:
 	"$(NVCC)" -std=c++17 -O3 -arch=sm_90 -Icsrc -c csrc/cuda/fused_step_check.cu -o "$$out/check.o"
 
 clean:
-	rm -rf $(VENV) build *.egg-info fastint/*.so
+	rm -rf $(VENV) build *.egg-info fastint/*.so fastint/_build_info.py
