@@ -1,0 +1,69 @@
+"""The papers' claims on the analytic augmented target (docs/augmented.md has the full measured tables)."""
+
+import math
+
+import pytest
+import torch
+
+from fastint.augmented import CLD, PSLD, AugmentedTarget, ExactScore, nfe_per_step, sample_augmented, time_grid
+from fastint.metrics import random_directions, sliced_wasserstein
+from fastint.models.gaussian_mixture import default_mixture
+
+N = 4000
+
+
+def _distances(proc, methods, budgets, seeds=2):
+    mix = default_mixture()
+    tgt = AugmentedTarget(mix, proc)
+    model = ExactScore(tgt)
+    ref = mix.sample(N, generator=torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31, (1,)))))
+    dirs = random_directions(64, 2)
+    x0, v0 = tgt.sample(N, 1.0, torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31, (1,)))),
+                        dtype=torch.float32)
+    out = {}
+    for m in methods:
+        for nfe in budgets:
+            steps = (nfe - 1) // nfe_per_step(m)
+            vals = []
+            for s in range(seeds):
+                x, _ = sample_augmented(proc, model, x0, v0, steps=steps, method=m, seed=int(torch.randint(0, 2 ** 40, (1,))))
+                vals.append(sliced_wasserstein(x.double(), ref, projections=dirs))
+            out[m, nfe] = vals
+    return out
+
+
+def test_sscs_beats_em_at_low_nfe_on_cld():
+    d = _distances(CLD(), ["em", "sscs"], [6, 20])
+    for nfe in (6, 20):
+        assert max(d["sscs", nfe]) < min(d["em", nfe]), (nfe, d)
+
+
+def test_reduced_splitting_beats_em_and_sscs_on_psld():
+    d = _distances(PSLD(), ["em", "sscs", "reduced_splitting"], [6, 20])
+    for nfe in (6, 20):
+        assert max(d["reduced_splitting", nfe]) < min(d["em", nfe] + d["sscs", nfe]), (nfe, d)
+
+
+_EXACT = {}
+
+
+@pytest.mark.parametrize("method,order", [("pf_euler", 1), ("pf_heun", 2), ("conjugate", 1)])
+@pytest.mark.parametrize("proc", [CLD(), PSLD.from_config(1.0, 12.0)], ids=lambda p: p.name)
+def test_deterministic_order(proc, method, order):
+    tgt = AugmentedTarget(default_mixture(), proc)
+    model = ExactScore(tgt)
+    if proc not in _EXACT:  # one fresh start and its fine solution per process
+        _EXACT[proc] = tgt.sample(8, 1.0, torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31, (1,)))))
+    x0, v0 = _EXACT[proc][:2]
+    t_end = 0.5
+
+    def solve(method, steps):
+        ts = torch.linspace(1.0, t_end, steps + 1, dtype=torch.float64).tolist()
+        return torch.cat(sample_augmented(proc, model, x0, v0, ts, method, denoise=False, backend="eager"), 1)
+
+    if len(_EXACT[proc]) == 2:
+        _EXACT[proc] = (x0, v0, solve("pf_heun", 2048))
+    exact = _EXACT[proc][2]
+    errs = [float((solve(method, n) - exact).abs().mean()) for n in (64, 128, 256)]
+    slopes = [math.log2(errs[i] / errs[i + 1]) for i in range(2)]
+    assert abs(slopes[-1] - order) < 0.2, (errs, slopes)
