@@ -271,6 +271,8 @@ def run_demo(out_dir: Optional[str] = "demo_out", batch: int = DEFAULT_BATCH,
             else:
                 print(f"plot skipped: {reason}", file=stream)
         print(f"\nwrote {', '.join(result.files.values())}", file=stream)
+    if solvers is None:  # the full demo: also the Restart-plateau and guided-splitting tables (fastint.demo_extras)
+        _extras.print_sections(stream, backend=backend, out_dir=out_dir)
     result.wall_seconds = time.perf_counter() - start
     print(f"demo wall time {result.wall_seconds:.1f} s", file=stream, flush=True)
     return result
@@ -409,3 +411,6 @@ def plot_quality(result: DemoResult, path: str) -> Optional[str]:
     fig.savefig(path, dpi=110, bbox_inches="tight", bbox_extra_artists=[legend, fig._suptitle])
     plt.close(fig)
     return None
+
+
+from . import demo_extras as _extras  # noqa: E402  (registers Restart and the guided entries)
