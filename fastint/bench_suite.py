@@ -779,6 +779,15 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     return parser
 
 
+def _command_line() -> str:
+    argv = sys.argv
+    if argv[1:2] == ["bench"]:
+        return " ".join(["python -m fastint"] + argv[1:])
+    if argv[0].endswith("bench_suite.py"):
+        return " ".join(["python -m fastint.bench_suite"] + argv[1:])
+    return " ".join(argv)
+
+
 def run(args) -> str:
     import json
     if args.threads:
@@ -800,7 +809,7 @@ def run(args) -> str:
     rounds, repeats = (9, 7) if args.full else (5, 3)
     date = datetime.date.today().isoformat()
     header = [f"# fastint bench ({date})", "", f"machine: {machine_description(device)}", "",
-              f"command: `{' '.join(['python -m fastint bench'] + sys.argv[2:]) if sys.argv[1:2] == ['bench'] else ' '.join(sys.argv)}`", ""]
+              f"command: `{_command_line()}`", ""]
     sections, payload = [], {"device": device, "machine": machine_description(device), "date": date}
     if "micro" not in skip:
         print("microbenchmarks of the fused step ...", file=sys.stderr)

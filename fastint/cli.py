@@ -215,6 +215,11 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--repeat", type=_positive(1), default=10, help="timed repeats per case (default: %(default)s)")
     p.add_argument("--threads", type=_positive(1), default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--suite", action="store_true",
+                   help="run the quick version of the whole benchmark suite instead (fastint.bench_suite: fused "
+                   "step per backend and step kind vs floor, PyTorch, diffusers, k-diffusion; a small UNet end to "
+                   "end; whole-loop CUDA graphs on GPU); uses --device and --threads")
+    p.add_argument("--out", default=None, help="with --suite: directory for results_<device>.md, JSON and plots")
     p.set_defaults(handler=_cmd_bench, command_parser=p)
 
 
@@ -305,6 +310,9 @@ def _cmd_bench(args, parser) -> int:
     from .bench import format_table, resolved_backend, run_bench
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.suite:
+        from . import bench_suite
+        return bench_suite.main(["--device", args.device] + (["--out", args.out] if args.out else []))
     dtype = DTYPES[args.dtype]
     try:
         name = resolved_backend(args.device, dtype, args.backend)
