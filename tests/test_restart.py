@@ -173,28 +173,31 @@ def test_official_numbers_as_strings_are_accepted():
 def test_restart_beats_ode_and_sde_at_equal_nfe_where_the_ode_plateaus():
     """sigma_max = 3 with x ~ N(0, 3^2): the prior is much narrower than the true marginal, the ODE carries the
     mismatch to the end (Heun with many more steps is no better), the SDE contracts it partly, Restart's jumps
-    contract it K times. Equal NFE (39); two fresh seeds; the margin exceeds the seed-to-seed spread."""
+    contract it K times. Equal NFE (39); two fresh seeds; the gap between Restart's worst and each baseline's best run exceeds the
+    seed-to-seed spread of both. Distance:
+    the Frechet distance to the target (a 200000-sample exact set: its own noise is far below the differences)."""
+    from fastint.metrics import frechet_distance
     gm = default_mixture()
-    batch, s_max = 4000, 3.0
-    ref = gm.sample(batch, generator=torch.Generator().manual_seed(_seed()))
+    batch, s_max = 10000, 3.0
+    ref = gm.sample(200000, generator=torch.Generator().manual_seed(_seed()))
     sigmas = karras(8, 0.002, s_max)
     info = {"0": [3, 6, 1.0, 2.97]}
     nfe = restart_nfe(sigmas.tolist(), plan_restart(sigmas.tolist(), parse_restart_info(info), a1111=False))
     assert nfe == 39
-    from fastint.metrics import sliced_wasserstein
     results = {"restart": [], "heun": [], "dpmpp_2m_sde": []}
     for _ in range(2):
         seed = _seed()
         x = s_max * torch.randn(batch, 2, generator=torch.Generator().manual_seed(seed))
-        results["restart"].append(sliced_wasserstein(
+        results["restart"].append(frechet_distance(
             fastint.sample(gm, x, sigmas, "restart", restart_info=info, seed=seed), ref))
-        results["heun"].append(sliced_wasserstein(fastint.sample(gm, x, karras(20, 0.002, s_max), "heun"), ref))
-        results["dpmpp_2m_sde"].append(sliced_wasserstein(
+        results["heun"].append(frechet_distance(fastint.sample(gm, x, karras(20, 0.002, s_max), "heun"), ref))
+        results["dpmpp_2m_sde"].append(frechet_distance(
             fastint.sample(gm, x, karras(nfe, 0.002, s_max), "dpmpp_2m_sde", seed=seed), ref))
-    spread = max(max(v) - min(v) for v in results.values())
-    worst_restart = max(results["restart"])
-    best_other = min(min(results["heun"]), min(results["dpmpp_2m_sde"]))
-    assert worst_restart + 2 * spread < best_other, (results, spread)
+    spread = {k: max(v) - min(v) for k, v in results.items()}
+    for other in ("heun", "dpmpp_2m_sde"):
+        gap = min(results[other]) - max(results["restart"])
+        assert gap > max(spread["restart"], spread[other]), (other, results)
+        assert max(results["restart"]) < 0.5 * min(results[other]), (other, results)
 
 
 def _seed():
