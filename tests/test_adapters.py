@@ -317,3 +317,68 @@ def test_bad_alphas_cumprod():
     den = DiscreteVPDenoiser(lambda x, t: x, ab.tolist())  # any 1-D sequence
     assert den.sigma_min == pytest.approx(((1 - ab[0]) / ab[0]).sqrt().item(), rel=1e-14)
     assert den.sigma_max == pytest.approx(((1 - ab[-1]) / ab[-1]).sqrt().item(), rel=1e-14)
+
+
+# ------------------------------------------------------------------------------- the host-float path (denoise_at)
+def _adapters_for(g, ab, kind):
+    """(name, adapter, exact-denoiser applicability) for every adapter that supports ``kind``."""
+    out = [("discrete", DiscreteVPDenoiser(DiscreteModel(g, ab, kind), ab, prediction_type=kind, quantize=False))]
+    if kind != "v_prediction":
+        out.append(("ve", VEDenoiser(lambda x, s: g.predict(x, torch.ones_like(s), s, kind), prediction_type=kind)))
+    if kind != "v_prediction":
+        out.append(("flow", FlowDenoiser(lambda x, ts: g.predict(x, 1 - ts / 1000, ts / 1000, kind),
+                                         prediction_type=kind)))
+    out.append(("continuous", ContinuousVPDenoiser(
+        lambda x, t: g.predict(x, _vpsde_alpha(t), (1 - _vpsde_alpha(t) ** 2).sqrt(), kind),
+        sigma_to_t=lambda s: ((0.1 ** 2 + 2 * 19.9 * torch.log1p(s ** 2)).sqrt() - 0.1) / 19.9, prediction_type=kind)))
+    return out
+
+
+@pytest.mark.parametrize("kind", TYPES)
+def test_denoise_at_is_the_exact_denoiser_and_matches_the_tensor_path(kind):
+    """``denoise_at(x, float)`` (host coefficients, the sampling loop's path) gives the exact VE denoiser in float64
+    and the tensor path's values, for every adapter; the discrete model sees the same timestep."""
+    gen = torch.Generator().manual_seed(90 + TYPES.index(kind))
+    g, ab = Gaussian(gen), _ab()
+    for sigma in (0.05, 1.7, 14.0):
+        sv = torch.full((5,), sigma, dtype=F64)
+        x = g.x(gen, 5, sv)
+        for name, den in _adapters_for(g, ab, kind):
+            got = den.denoise_at(x, sigma)
+            torch.testing.assert_close(got, g.denoiser(x, sv), rtol=0, atol=1e-10, msg=f"{name} {kind} {sigma}")
+            torch.testing.assert_close(got, den(x, sv), rtol=0, atol=1e-12, msg=f"{name} {kind} {sigma}")
+            assert got.dtype == F64
+
+
+def test_denoise_at_quantized_timestep_equals_the_tensor_path():
+    gen = torch.Generator().manual_seed(95)
+    ab = _ab()
+    model = DiscreteModel(Gaussian(gen), ab, "epsilon")
+    den = DiscreteVPDenoiser(model, ab)
+    ls = den.log_sigmas
+    sigmas = torch.empty(200, dtype=F64).uniform_(ls[0].item() - 1, ls[-1].item() + 1, generator=gen).exp()
+    x = torch.randn(2, 3, 4, generator=gen, dtype=F64)
+    for s in sigmas.tolist() + den.model_sigmas[::97].tolist():
+        den.denoise_at(x, s)
+        t_host = model.calls[-1][0]
+        assert t_host.dtype == torch.int64 and t_host.shape == (2,)
+        assert t_host.tolist() == den.sigma_to_t(torch.full((2,), s, dtype=F64)).tolist(), s
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", TYPES + ["flow"])
+def test_denoise_at_low_precision_agrees_with_float64(kind, dtype):
+    gen = torch.Generator().manual_seed(97 + len(kind))
+    g, ab = Gaussian(gen), _ab()
+    adapters = [a for a in _adapters_for(g, ab, kind if kind != "flow" else "epsilon")] if kind != "flow" else \
+        [("flow", FlowDenoiser(lambda x, ts: g.predict(x, 1 - ts / 1000, ts / 1000, "flow"), prediction_type="flow"))]
+    x = g.x(gen, 4, torch.full((4,), 0.8, dtype=F64))
+    want = g.denoiser(x, torch.full((4,), 0.8, dtype=F64))
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    for name, den in adapters:
+        low = type(den).__new__(type(den))
+        low.__dict__.update(den.__dict__)
+        low.inner_model = lambda xm, t, _m=den.inner_model: _m(xm.double(), t.double()).to(dtype)
+        got = low.denoise_at(x.to(dtype), 0.8)
+        assert got.dtype == dtype, name
+        torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol, msg=f"{name} {kind} {dtype}")

@@ -148,6 +148,20 @@ class _DrivenRun:
         self.finished = True
 
 
+class _RecordingAdapter:
+    """The dry run's model: the scheduler's adapter on the sampling path (``denoise_at``), noting each call's sigma."""
+
+    def __init__(self, adapter, sigmas: List[float]):
+        self.adapter, self.sigmas = adapter, sigmas
+
+    def __call__(self, x, sigma, **extra_args):
+        raise AssertionError("fastint.sample calls denoise_at")
+
+    def denoise_at(self, x, sigma: float, **extra_args):
+        self.sigmas.append(sigma)
+        return self.adapter.denoise_at(x, sigma, **extra_args)
+
+
 def _cosine_betas(n_train: int) -> torch.Tensor:
     """diffusers' ``squaredcos_cap_v2`` (``betas_for_alpha_bar``, cosine), float32 as diffusers computes it."""
     f = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
@@ -327,14 +341,13 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
             plan_t.append(t.reshape(-1)[:1].clone())
             return torch.zeros_like(x_model)
 
-        adapter = self._adapter(record)
         probe = torch.zeros(1, 1, dtype=torch.float32)
-        fastint_sample(lambda x, s: (plan_alpha.append(float(s[0])), adapter(x, s))[1], probe, grid,
-                       self.config.solver, seed=0, backend="eager", check_finite="off", **self.config.solver_options)
+        fastint_sample(_RecordingAdapter(self._adapter(record), plan_alpha), probe, grid, self.config.solver, seed=0,
+                       backend="eager", check_finite="off", **self.config.solver_options)
         self.sigmas = grid
         self.num_inference_steps = int(num_inference_steps)
         self.timesteps = torch.cat(plan_t).to(device)
-        self.plan_sigmas = plan_alpha  # the VE noise level of every model call (float32 values)
+        self.plan_sigmas = plan_alpha  # the VE noise level of every model call (host floats)
         self._step_index = None
         self._returned = None
 
@@ -343,12 +356,9 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
         return sample
 
     # -- the run -----------------------------------------------------------------------------------------------
-    def _coefficient(self, sigma: float, like: torch.Tensor) -> torch.Tensor:
-        """alpha (model coordinates = alpha * VE) at ``sigma``, as the adapter computes it, shaped to broadcast."""
-        cd = torch.float64 if like.dtype == torch.float64 else torch.float32
-        s = torch.full((like.shape[0],), sigma, dtype=like.dtype, device=like.device).to(cd)
-        alpha = (torch.rsqrt(1 + s * s) if self.config.prediction_type != "flow" else 1 / (1 + s))
-        return alpha.view((-1,) + (1,) * (like.dim() - 1))
+    def _coefficient(self, sigma: float) -> float:
+        """alpha (model coordinates = alpha * VE) at the host float ``sigma``, as the adapter's host path has it."""
+        return 1.0 / (1.0 + sigma) if self.config.prediction_type == "flow" else 1.0 / math.sqrt(1.0 + sigma * sigma)
 
     def _seeds(self, batch: int, generator, device) -> torch.Tensor:
         if self._seed is not None:
@@ -392,7 +402,7 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
         output = self._model_output(model_output, sample)
         try:
             if k == 0:
-                x_ve = sample / self._coefficient(self.plan_sigmas[0], sample).to(sample.dtype)
+                x_ve = sample / self._coefficient(self.plan_sigmas[0])
                 seeds = self._seeds(sample.shape[0], generator, sample.device)
                 self._run = _DrivenRun(self._adapter, x_ve, self.sigmas, self.config.solver,
                                        self.config.solver_options, seeds, self.config.backend)
@@ -402,7 +412,7 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
             else:
                 edited = None
                 if sample is not self._returned:
-                    edited = sample / self._coefficient(self.plan_sigmas[k], sample).to(sample.dtype)
+                    edited = sample / self._coefficient(self.plan_sigmas[k])
                 self._run.send(output, edited)
             kind, payload = self._run.receive()
         except BaseException:
@@ -416,8 +426,7 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
                                f"timesteps ({kind!r} after {k + 1} of {len(self.timesteps)} calls)")
         if kind == "done":
             final_sigma = float(self.sigmas[-1])
-            prev = payload if final_sigma == 0 else \
-                payload * self._coefficient(final_sigma, payload).to(payload.dtype)
+            prev = payload if final_sigma == 0 else payload * self._coefficient(final_sigma)
         else:
             prev = payload
         self._returned = prev

@@ -16,13 +16,20 @@ Writing ``F`` for the model output at ``(alpha x~, t)``, the denoised estimate `
 Each adapter is a plain callable ``adapter(x, sigma, **extra_args)`` with ``x`` of shape (batch, ...) and ``sigma`` of
 shape (batch,) (or a scalar tensor / number), as ``fastint.sample`` calls it. The sigma -> timestep mapping is done
 with tensor ops on ``x``'s device: no ``.item()``, no host synchronisation, so a sampling loop stays capturable in a
-CUDA graph. Coefficients are computed in float32 (float64 for float64 inputs), the result has ``x``'s dtype. A model
+CUDA graph. Coefficients are computed in float32 (float64 for float64 inputs), the result has ``x``'s dtype.
+
+``adapter.denoise_at(x, sigma_float)`` is the path ``fastint.sample`` takes (one sigma for the whole batch, known on
+the host): the coefficients and the timestep are computed in float64 Python from the host float, so a call costs the
+network plus one or two elementwise ops (the conversion ``c_skip x + c_out F`` with host scalars) and a fill of the
+timestep batch, instead of a dozen small tensor ops. It agrees with the tensor path to the rounding of the compute
+dtype (the timestep of a quantized discrete model is the same integer). A model
 may return a tensor, a tuple/list (first element is used) or an object with a ``.sample`` tensor (diffusers'
 ``UNet2DModel`` / ``UNet2DConditionModel``); its shape must equal ``x``'s.
 """
 
+import bisect
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -108,6 +115,43 @@ class _Adapter:
         out = _unwrap(name, self.inner_model(x * alpha.to(x.dtype), t, **extra_args), x)
         return to_denoised(out.to(cd), x.to(cd), alpha, sig, self.prediction_type).to(x.dtype)
 
+    def _host_coefficients(self, sigma: float) -> Optional[Tuple[float, float, float]]:
+        """alpha, sigma_model, model timestep from a host float sigma~ (float64 math), or None: no host path."""
+        return None
+
+    def _timestep_dtype(self, x: torch.Tensor) -> torch.dtype:
+        return _compute_dtype(x)
+
+    def denoise_at(self, x: torch.Tensor, sigma: float, **extra_args) -> torch.Tensor:
+        """``D(x, sigma)`` for one host float ``sigma`` shared by the batch (the sampling loop's call).
+
+        ``x0 = c_skip x + c_out F`` with ``c_skip, c_out`` from the module table evaluated in float64 on the host;
+        one fused ``add`` (epsilon) or a multiply and an add (v, flow: in float32 for 16-bit states)."""
+        coefficients = self._host_coefficients(sigma)
+        if coefficients is None:
+            return self(x, torch.full((x.shape[0],), sigma, dtype=_compute_dtype(x), device=x.device), **extra_args)
+        alpha, sig, t = coefficients
+        t_batch = torch.full((x.shape[0],), t, dtype=self._timestep_dtype(x), device=x.device)
+        model_input = x if alpha == 1.0 else x * alpha
+        out = _unwrap(type(self).__name__, self.inner_model(model_input, t_batch, **extra_args), x)
+        p = self.prediction_type
+        if p == "sample":
+            return out if out.dtype == x.dtype else out.to(x.dtype)
+        if p == "epsilon":
+            c_skip, c_out = 1.0, -sig / alpha
+        elif p == "v_prediction":
+            norm = alpha * alpha + sig * sig
+            c_skip, c_out = alpha * alpha / norm, -sig / norm
+        else:  # flow
+            c_skip, c_out = alpha / (alpha + sig), -sig / (alpha + sig)
+        if c_skip == 1.0:
+            denoised = torch.add(x, out, alpha=c_out)
+        elif x.element_size() < 4:
+            denoised = torch.add(x.float() * c_skip, out.float(), alpha=c_out)
+        else:
+            denoised = torch.add(x * c_skip, out, alpha=c_out)
+        return denoised if denoised.dtype == x.dtype else denoised.to(x.dtype)
+
     def __repr__(self):
         return f"{type(self).__name__}({self.inner_model!r}, prediction_type={self.prediction_type!r})"
 
@@ -136,6 +180,7 @@ class DiscreteVPDenoiser(_Adapter):
         self.log_sigmas = self.model_sigmas.log()
         self.quantize = bool(quantize)
         self._cache = {}
+        self._log_sigma_list = self.log_sigmas.tolist()
 
     @property
     def sigma_min(self) -> float:
@@ -165,6 +210,24 @@ class DiscreteVPDenoiser(_Adapter):
     def _coefficients(self, s):
         alpha = torch.rsqrt(1 + s * s)
         return alpha, s * alpha, self.sigma_to_t(s)
+
+    def _host_timestep(self, sigma: float) -> float:
+        """``sigma_to_t`` for a host float (bisection in the float64 log sigmas)."""
+        log_sigmas = self._log_sigma_list
+        ls = math.log(sigma) if sigma > 0 else -math.inf
+        low = min(max(bisect.bisect_left(log_sigmas, ls) - 1, 0), len(log_sigmas) - 2)
+        lo, hi = log_sigmas[low], log_sigmas[low + 1]
+        w = min(max((ls - lo) / (hi - lo), 0.0), 1.0)
+        if self.quantize:
+            return low + (1 if w > 0.5 else 0)
+        return low + w
+
+    def _timestep_dtype(self, x):
+        return torch.int64 if self.quantize else _compute_dtype(x)
+
+    def _host_coefficients(self, sigma):
+        alpha = 1.0 / math.sqrt(1.0 + sigma * sigma)
+        return alpha, sigma * alpha, self._host_timestep(sigma)
 
 
 class ContinuousVPDenoiser(_Adapter):
@@ -209,6 +272,9 @@ class VEDenoiser(_Adapter):
     def _coefficients(self, s):
         return torch.ones_like(s), s, s
 
+    def _host_coefficients(self, sigma):
+        return 1.0, sigma, sigma
+
 
 class FlowDenoiser(_Adapter):
     """Rectified-flow model ``model(x_flow, timestep_scale * t, **kw)`` on ``x_flow = (1 - t) x0 + t eps``.
@@ -230,3 +296,7 @@ class FlowDenoiser(_Adapter):
         alpha = 1 / (1 + s)  # = 1 - t, without the cancellation of 1 - t at large sigma~
         t = s * alpha
         return alpha, t, t * self.timestep_scale
+
+    def _host_coefficients(self, sigma):
+        alpha = 1.0 / (1.0 + sigma)
+        return alpha, sigma * alpha, sigma * alpha * self.timestep_scale

@@ -97,6 +97,7 @@ class SamplingContext:
         self.callback, self.check_finite, self.progress_bar = callback, check_finite, progress_bar
         self.shape, self.dtype, self.device = x.shape, x.dtype, x.device
         self.nfe = 0
+        self._denoise_at = getattr(model, "denoise_at", None)
         self._owned: Dict[int, weakref.ref] = {}
         self._backends: Dict[Tuple, registry.Backend] = {}
 
@@ -106,9 +107,13 @@ class SamplingContext:
 
     # -- model -------------------------------------------------------------------------------------------------
     def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        """One model evaluation D(x, sigma) with sigma broadcast over the batch (a device fill, no host copy)."""
-        sigma_batch = torch.full((self.shape[0],), sigma, dtype=self.dtype, device=self.device)
-        out = self.model(x, sigma_batch, **self.extra_args)
+        """One model evaluation D(x, sigma) with sigma broadcast over the batch (a device fill, no host copy).
+        A fastint adapter (``denoise_at``) gets the host float itself and computes its coefficients on the host."""
+        if self._denoise_at is not None:
+            out = self._denoise_at(x, sigma, **self.extra_args)
+        else:
+            sigma_batch = torch.full((self.shape[0],), sigma, dtype=self.dtype, device=self.device)
+            out = self.model(x, sigma_batch, **self.extra_args)
         self.nfe += 1
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"the model returned {type(out).__name__}, expected a tensor shaped like x")

@@ -190,7 +190,7 @@ class PLMS(_Guided):
 
 class LieTrotter(_Guided):
     name = "lie_trotter"
-    order = "1 (splitting)"
+    order = "1"
     nfe_per_step = "1 (+ 1 guidance gradient)"
     summary = "Lie-Trotter splitting for classifier guidance (LTSP): Euler guidance step, then PLMS"
     split = "lie_trotter"
@@ -199,7 +199,7 @@ class LieTrotter(_Guided):
 
 class Strang(_Guided):
     name = "strang"
-    order = "2 (splitting)"
+    order = "2 with exact or heun sub-solves; 1 with the PLMS eps history (default)"
     nfe_per_step = "1 (+ 2 guidance gradients)"
     summary = "Strang splitting for classifier guidance (STSP): half guidance, PLMS, half guidance at the new point"
     split = "strang"
