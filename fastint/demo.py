@@ -413,4 +413,7 @@ def plot_quality(result: DemoResult, path: str) -> Optional[str]:
     return None
 
 
-from . import demo_extras as _extras  # noqa: E402  (registers Restart and the guided entries)
+from . import demo_extras as _extras  # noqa: E402,F401  (registers Restart and the guided entries)
+from .augmented import demo_entries as _augmented  # noqa: E402
+
+_augmented.register()

@@ -191,7 +191,7 @@ def format_sections(restart_rows: List[Dict], guided_rows: List[Dict]) -> str:
 
 
 def print_sections(stream: TextIO, backend: Optional[str] = None, out_dir: Optional[str] = None) -> str:
-    text = format_sections(restart_table(backend=backend), guided_table(backend=backend))
+    text = format_sections(restart_table(backend=backend), guided_table())  # float64 errors: the auto backend
     print("\n" + text, file=stream, flush=True)
     if out_dir is not None:
         import os

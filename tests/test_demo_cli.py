@@ -104,6 +104,12 @@ def test_every_listed_solver_is_a_demo_entry():
     assert names[:len(fastint.list_solvers())] == [s["name"] for s in fastint.list_solvers()]
 
 
+def test_augmented_samplers_are_demo_entries():
+    from fastint.augmented.demo_entries import ENTRIES
+    sections = {e.name: e.section for e in demo.available_entries()}
+    assert all(sections.get(name) == "augmented" for name, _, _ in ENTRIES), sections
+
+
 def test_register_entry_adds_a_row(monkeypatch):
     monkeypatch.setattr(demo, "_EXTRA_ENTRIES", [])
 
@@ -187,3 +193,12 @@ def test_cli_help(command, capsys):
         cli.main([*command, "--help"])
     assert exc.value.code == 0
     assert "usage: fastint" in capsys.readouterr().out
+
+
+def test_demo_sections_run_on_the_demo_backend():
+    """The full demo's Restart-plateau and guided tables (float64 guided errors) on the demo's default backend."""
+    from fastint import demo_extras
+    stream = io.StringIO()
+    text = demo_extras.print_sections(stream, backend=demo.default_backend())
+    assert "Restart where the ODE plateaus" in text and "plms needs 1." in text
+    assert stream.getvalue().strip() == text.strip()
