@@ -58,7 +58,7 @@ __all__ = ["sample_augmented", "time_grid", "METHODS", "nfe_per_step"]
 METHODS = {  # name: (nfe per step, stochastic)
     "em": (1, True), "sscs": (1, True), "pf_euler": (1, False), "pf_heun": (2, False),
     "conjugate": (1, False), "reduced_splitting": (1, True), "naive_splitting": (2, True),
-    "conjugate_splitting": (1, True),
+    "conjugate_splitting": (1, True), "conjugate_residual": (1, False),
 }
 
 
@@ -131,6 +131,15 @@ def _pad(mat: np.ndarray, width: int) -> np.ndarray:
     out = np.zeros((2, width))
     out[:, :mat.shape[1]] = mat
     return out
+
+
+def _expm_pair(G):
+    """``(e^G, int_0^1 e^{sG} ds)`` for a 2x2 G (float64, one 4x4 matrix exponential)."""
+    blk = torch.zeros(4, 4, dtype=torch.float64)
+    blk[:2, :2] = torch.as_tensor(G, dtype=torch.float64)
+    blk[:2, 2:] = torch.eye(2, dtype=torch.float64)
+    e = torch.linalg.matrix_exp(blk).numpy()
+    return e[:2, :2], e[:2, 2:]
 
 
 def _gl_nodes(n=48):
@@ -220,7 +229,8 @@ def sample_augmented(process: AugmentedProcess, model: AugmentedModel, x: torch.
     Q, P = p.Q, p.prior_precision
     k = model.num_outputs
     I2 = np.eye(2)
-    conj = _Conjugate(p, lam, numerical_eps) if method in ("conjugate", "conjugate_splitting") else None
+    G0 = -p.F - 0.5 * Q @ P
+    conj = _Conjugate(p, lam, numerical_eps) if method == "conjugate" else None
 
     def score_mat(t):  # score = C [u, o]
         c = np.asarray(model.coefficients(t), dtype=np.float64)
@@ -303,13 +313,23 @@ def sample_augmented(process: AugmentedProcess, model: AugmentedModel, x: torch.
         elif method == "conjugate":
             outs = model.evaluate(run.x, run.v, t, backend)
             run.apply(conj_step(t, tn), outs)
-        elif method == "conjugate_splitting":
+        elif method in ("conjugate_splitting", "conjugate_residual"):
             outs = model.evaluate(run.x, run.v, t, backend)
-            det = conj_step(t, tn)
-            kk = 0.5 * h * p.beta(t) * Q
-            m = det + kk @ P @ det + kk @ score_mat(t)
-            decay, std = ou(t, tn)
-            run.apply(decay @ m, outs, std, ca, (t, tn))
+            # exact flow of the prior part of the PF drift, residual score r = score + P u frozen at (u, t)
+            r = score_mat(t)
+            r[:, :2] += P
+            b = p.rate(tn, t)
+            E, W = _expm_pair(G0 * b)
+            det = W @ (0.5 * b * Q) @ r
+            det[:, :2] += E
+            if method == "conjugate_residual":
+                run.apply(det, outs)
+            else:
+                # reduced splitting: the kick reuses the step's score, at the PF result; then the exact OU flow
+                kk = 0.5 * h * p.beta(t) * Q
+                m = det + kk @ P @ det + kk @ score_mat(t)
+                decay, std = ou(t, tn)
+                run.apply(decay @ m, outs, std, ca, (t, tn))
         elif method in ("reduced_splitting", "naive_splitting"):
             outs = model.evaluate(run.x, run.v, t, backend)
             det = _pad(np.eye(2), 2 + k) + h * drift_mat(t, True)
