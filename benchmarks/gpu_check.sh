@@ -7,7 +7,9 @@
 # 2. checks that the cuda and triton backends are available,
 # 3. runs the whole test suite (tests/ parametrise over CUDA when a GPU is present: cuda/triton parity, CUDA-graph
 #    capture of a sampling loop with identical replays, ...),
-# 4. runs the GPU benchmarks (fused DPM-Solver++(2M) / SDE steps per backend against a copy of the same bytes),
+# 4. runs the GPU benchmarks (fused DPM-Solver++(2M) / SDE steps per backend against a copy of the same bytes; the
+#    benchmark suite: microbenchmarks vs floor and peers with CUDA-graph replay, end to end with a small UNet,
+#    whole-loop CUDA-graph gain; pytest-benchmark with its report table and plot),
 # 5. writes logs and results.md (a summary table) to $OUT. Exit status: 0 only if every step passed.
 # No network access is needed (nothing is pip-installed).
 set -uo pipefail
@@ -132,6 +134,21 @@ for n in (4 * 2 ** 20, 64 * 2 ** 20):
                   f"{ms / floor:.2f} |")
 EOF
 then result "GPU benchmarks" "ok (gpu_bench.md)"; else result "GPU benchmarks" "FAILED (gpu_bench.err)"; status=1; fi
+
+step "benchmark suite on CUDA (fused op vs floor and peers incl. CUDA-graph replay, e2e UNet, whole-loop graph)"
+mkdir -p "$OUT/bench"
+if "$PY" -m fastint.bench_suite --device cuda --full --out "$OUT/bench" > "$OUT/bench_suite.log" 2>&1; then
+  result "fastint.bench_suite --full" "ok (bench/results.md)"; else result "fastint.bench_suite --full" "FAILED (bench_suite.log)"; status=1; fi
+
+step "end to end with a briefly trained UNet (CUDA)"
+if "$PY" benchmarks/bench_end_to_end.py --device cuda --train-seconds 30 --out "$OUT/bench/e2e" > "$OUT/e2e.log" 2>&1; then
+  result "bench_end_to_end.py" "ok (bench/e2e*)"; else result "bench_end_to_end.py" "FAILED (e2e.log)"; status=1; fi
+
+step "pytest-benchmark microbenchmarks"
+if "$PY" -m pytest benchmarks/test_bench_fused_step.py -q -p no:cacheprovider --benchmark-json "$OUT/bench/pytest_benchmark.json" \
+     > "$OUT/pytest_benchmark.log" 2>&1 && "$PY" benchmarks/report.py "$OUT/bench/pytest_benchmark.json" --out "$OUT/bench" \
+     >> "$OUT/pytest_benchmark.log" 2>&1; then
+  result "pytest-benchmark + report.py" "ok"; else result "pytest-benchmark + report.py" "FAILED (pytest_benchmark.log)"; status=1; fi
 
 { echo; echo "## GPU benchmarks"; echo; cat "$OUT/gpu_bench.md"; echo; echo "## backends"; echo; echo '```'; cat "$OUT/backends.txt"; echo '```'; } >> "$OUT/results.md"
 step "done, status $status (results in $OUT/results.md)"
