@@ -12,13 +12,13 @@ from fastint.models.gaussian_mixture import default_mixture
 N = 4000
 
 
-def _distances(proc, methods, budgets, seeds=2):
+def _distances(proc, methods, budgets, seeds=2, n=N):
     mix = default_mixture()
     tgt = AugmentedTarget(mix, proc)
     model = ExactScore(tgt)
-    ref = mix.sample(N, generator=torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31, (1,)))))
+    ref = mix.sample(n, generator=torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31, (1,)))))
     dirs = random_directions(64, 2)
-    x0, v0 = tgt.sample(N, 1.0, torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31, (1,)))),
+    x0, v0 = tgt.sample(n, 1.0, torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31, (1,)))),
                         dtype=torch.float32)
     out = {}
     for m in methods:
@@ -42,6 +42,19 @@ def test_reduced_splitting_beats_em_and_sscs_on_psld():
     d = _distances(PSLD(), ["em", "sscs", "reduced_splitting"], [6, 20])
     for nfe in (6, 20):
         assert max(d["reduced_splitting", nfe]) < min(d["em", nfe] + d["sscs", nfe]), (nfe, d)
+
+
+# the 2310.07894 hybrid claim (conjugate + splitting beats PSLD's EM and SSCS at equal NFE), where it holds on this
+# target: NFE 6 and 10 (ratio to the better of EM/SSCS <= 0.38 in docs/augmented.md) and NFE 20 (<= 0.45 at batch
+# 20000; absolute gap >= 0.15 vs a seed-to-seed spread ~0.02). 12000 samples keep the sliced-W2 floor below the
+# NFE-20 gap; at NFE 40 the gap (if any) is within the sampling noise of a test-sized batch.
+@pytest.mark.parametrize("proc", [PSLD(), CLD()], ids=lambda p: p.name)
+def test_conjugate_splitting_hybrid_beats_em_and_sscs(proc):
+    d = _distances(proc, ["em", "sscs", "conjugate_splitting", "conjugate_residual"], [6, 10, 20], n=12000)
+    for nfe, bound in ((6, 0.5), (10, 0.5), (20, 0.75)):
+        base = min(d["em", nfe] + d["sscs", nfe])
+        for m in ("conjugate_splitting", "conjugate_residual"):
+            assert max(d[m, nfe]) < bound * base, (m, nfe, d)
 
 
 _EXACT = {}
