@@ -23,18 +23,30 @@ Methods (NFE per step):
   ``dubar/dt = lambda ubar + dPhi/dt eps``, ``Phi(t) = int_0^t beta_s A_s Q L_s^{-T} / 2 ds``; one step is
   ``ubar_{n+1} = (1 + lambda (t_{n+1} - t_n)) ubar_n + (Phi(t_{n+1}) - Phi(t_n)) eps_n`` (lambda = 0: the DDIM-type
   exponential integrator, exact for constant eps). Phi by Gauss-Legendre quadrature in log t on the host.
-  This is our reconstruction from SPECS' summary (the B_t = lambda I choice); order 1.
-- ``reduced_splitting`` (1), ``naive_splitting`` (2): reconstructed splitting samplers (NOT verified against
-  arXiv 2402.07211's text, which we could not read): the reverse SDE = probability-flow part + Langevin remainder
-  (drift ``beta Q score / 2`` plus noise); the PF part by an Euler step, the remainder split into a score kick
-  ``u += h beta Q (score + Sigma_inf^{-1} u) / 2`` and the exact Ornstein-Uhlenbeck flow ``du = -beta Q
-  Sigma_inf^{-1} u / 2 dh + sqrt(beta Q) dW`` (per coordinate: decay ``exp(-q p b / 2)``, variance
-  ``(1 - exp(-q p b)) / p``). "reduced": the kick reuses the step's one score evaluation; "naive": a fresh score
-  evaluation after the PF part. Kick and OU are one fused call.
-- ``conjugate_splitting`` (1): reconstructed conjugate/splitting hybrid: ``reduced_splitting`` with its
-  probability-flow part taken by the conjugate step above (lambda = ``lam``) instead of Euler. (An SSCS variant whose
-  score step integrates the frozen-eps score flow exactly was tried and diverges at low NFE: the flow grows like
-  ``e^{nu b}``; not kept.)
+  As SPECS summarises 2310.07894's lambda-DDIM (B_t = lambda I); order 1.
+Splitting and conjugate-splitting samplers (arXiv 2310.07894, Pandey, Rudolph, Mandt; companion 2402.07211). Only
+the abstracts and third-party reviews of these papers could be read in this project (the full texts were not
+retrievable), so the formulas below are ours, built on what those sources state: splitting = alternating updates of
+partitions of the drift and diffusion ("naive": every sub-update evaluates the score; "reduced": one score
+evaluation per step, reused); conjugate = integrate a linear part exactly in transformed coordinates ``A_t u`` and
+freeze the network term (lambda-DDIM above); the hybrid uses the conjugate update inside the splitting. They are
+NOT claimed to be the papers' equations (no equation numbers can be cited). With ``h = t - t_n``, ``b = int beta``
+over the step, ``P = Sigma_inf^{-1}`` the prior precision and ``s = score(u, t)``:
+
+- ``reduced_splitting`` (1), ``naive_splitting`` (2): reverse SDE = probability-flow part + Langevin remainder
+  (drift ``beta Q score / 2`` plus noise). PF part by Euler: ``u1 = u + h beta (-F u + Q s / 2)``; remainder split
+  into a score kick ``u2 = u1 + h beta Q (s' + P u1) / 2`` and the exact Ornstein-Uhlenbeck flow ``du = -beta Q P u /
+  2 dh + sqrt(beta Q) dW`` (per coordinate: ``u' = exp(-q p b / 2) u2 + sqrt((1 - exp(-q p b)) / p) z``).
+  "reduced": ``s' = s`` (reused); "naive": ``s' = score(u1, t_n)``, a second evaluation. Kick and OU: one fused call.
+- ``conjugate_splitting`` (1, stochastic; the hybrid): ``reduced_splitting`` with its PF part taken by a conjugate
+  (exponential) step whose exactly-integrated linear part is the PF drift of the *prior* score, ``G = -F - Q P / 2``
+  (a constant matrix: the process is time-changed by ``b``), with the residual score ``r = s + P u`` frozen at the
+  step start: ``u1 = e^{b G} u + (int_0^b e^{s G} ds) Q r / 2`` (one 4x4 matrix exponential on the host). This is the
+  conjugate-integrator idea with the transform ``A = e^{-b G}`` absorbing the stiff prior part, instead of
+  lambda-DDIM's ``A_t = e^{lambda t} exp(-int beta F)`` with eps frozen: that choice is explicit in the stiff
+  ``Q P`` part of the score and diverges at large steps (``conjugate`` at NFE 6). Then the reduced kick with ``s``
+  and the exact OU flow, all in ONE fused call.
+- ``conjugate_residual`` (1, deterministic): the conjugate PF step above alone (``u' = u1``).
 
 Noise (docs/noise.md addressing): step ``i`` uses counter ``2 i`` for its first noise event and ``2 i + 1`` for its
 second (SSCS: first half step = counter 2i streams 0 (x), 1 (v); second half step = counter 2i + 1 streams 0, 1);
