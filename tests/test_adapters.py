@@ -382,3 +382,23 @@ def test_denoise_at_low_precision_agrees_with_float64(kind, dtype):
         got = low.denoise_at(x.to(dtype), 0.8)
         assert got.dtype == dtype, name
         torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol, msg=f"{name} {kind} {dtype}")
+
+
+@pytest.mark.parametrize("sigma", [float("nan"), float("inf"), -1.0, "1.0", torch.tensor(1.0), True, None])
+def test_denoise_at_rejects_a_bad_sigma(sigma):
+    gen = torch.Generator().manual_seed(99)
+    ab = _ab()
+    den = DiscreteVPDenoiser(DiscreteModel(Gaussian(gen), ab, "epsilon"), ab)
+    with pytest.raises(ValueError, match="sigma must be a finite number"):
+        den.denoise_at(torch.randn(2, 3, 4, generator=gen, dtype=F64), sigma)
+
+
+def test_denoise_at_rejects_a_bad_x_and_wrong_model_output():
+    gen = torch.Generator().manual_seed(98)
+    ab = _ab()
+    den = DiscreteVPDenoiser(DiscreteModel(Gaussian(gen), ab, "epsilon"), ab)
+    with pytest.raises(TypeError, match="floating-point tensor"):
+        den.denoise_at(torch.ones(2, 3, dtype=torch.int64), 1.0)
+    bad = VEDenoiser(lambda x, s: x[:1], prediction_type="sample")
+    with pytest.raises(ValueError, match="output has shape"):
+        bad.denoise_at(torch.randn(2, 3, generator=gen), 1.0)

@@ -127,13 +127,19 @@ class _Adapter:
 
         ``x0 = c_skip x + c_out F`` with ``c_skip, c_out`` from the module table evaluated in float64 on the host;
         one fused ``add`` (epsilon) or a multiply and an add (v, flow: in float32 for 16-bit states)."""
+        name = type(self).__name__
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 1:
+            raise TypeError(f"{name}.denoise_at: x must be a floating-point tensor of shape (batch, ...)")
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0:
+            raise ValueError(f"{name}.denoise_at: sigma must be a finite number >= 0 (a host float), got {sigma!r}")
+        sigma = float(sigma)
         coefficients = self._host_coefficients(sigma)
         if coefficients is None:
             return self(x, torch.full((x.shape[0],), sigma, dtype=_compute_dtype(x), device=x.device), **extra_args)
         alpha, sig, t = coefficients
         t_batch = torch.full((x.shape[0],), t, dtype=self._timestep_dtype(x), device=x.device)
         model_input = x if alpha == 1.0 else x * alpha
-        out = _unwrap(type(self).__name__, self.inner_model(model_input, t_batch, **extra_args), x)
+        out = _unwrap(name, self.inner_model(model_input, t_batch, **extra_args), x)
         p = self.prediction_type
         if p == "sample":
             return out if out.dtype == x.dtype else out.to(x.dtype)
