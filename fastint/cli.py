@@ -75,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "see 'fastint backends')")
     demo.add_argument("--seed", type=int, default=0, help="seed of the initial batch, noise and exact sets "
                       "(default: %(default)s)")
-    demo.add_argument("--threads", type=_positive(1), default=None,
-                      help="torch CPU threads (default: torch's default, %d here)" % torch.get_num_threads())
+    demo.add_argument("--threads", type=_positive(1), default=1,
+                      help="torch CPU threads (default: %(default)s: the demo's tensors are small, a second OpenMP "
+                      "thread gains little and stalls for seconds per op when another process busies its core)")
     demo.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")
     demo.set_defaults(handler=_cmd_demo, command_parser=demo)
 
@@ -373,10 +374,13 @@ def _cmd_demo(args, parser) -> int:
             parser.error(f"unknown backend {args.backend!r}; known: {', '.join(backends)} or 'auto'")
         if not backends[args.backend]["available"]:
             parser.error(f"backend {args.backend!r} is unavailable: {backends[args.backend]['reason']}")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    run_demo(out_dir=args.out, batch=args.batch, budgets=args.budgets, solvers=args.solvers,
-             backend=args.backend, seed=args.seed, plot=not args.no_plot)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        run_demo(out_dir=args.out, batch=args.batch, budgets=args.budgets, solvers=args.solvers,
+                 backend=args.backend, seed=args.seed, plot=not args.no_plot)
+    finally:
+        torch.set_num_threads(threads)
     return 0
 
 

@@ -143,6 +143,15 @@ def test_cli_demo_in_process(tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "euler" in out and "dpmpp_2m" in out and "backend 'eager'" in out
+
+
+def test_cli_demo_runs_single_threaded_by_default_and_restores_threads(tmp_path, capsys):
+    before = torch.get_num_threads()
+    args = ["demo", "--out", str(tmp_path), "--batch", "100", "--budgets", "4", "--solvers", "euler", "--no-plot"]
+    assert cli.main(args) == 0
+    assert "1 thread(s)" in capsys.readouterr().out and torch.get_num_threads() == before
+    assert cli.main(args + ["--threads", "2"]) == 0
+    assert "2 thread(s)" in capsys.readouterr().out and torch.get_num_threads() == before
     assert (tmp_path / demo.TABLE_NAME).exists() and not (tmp_path / demo.PLOT_NAME).exists()
 
 
