@@ -33,7 +33,7 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-__all__ = ["DiscreteVPDenoiser", "ContinuousVPDenoiser", "VEDenoiser", "FlowDenoiser", "to_denoised",
+__all__ = ["DiscreteVPDenoiser", "ContinuousVPDenoiser", "VEDenoiser", "FlowDenoiser", "to_denoised", "skip_and_out",
            "PREDICTION_TYPES"]
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow")
@@ -77,13 +77,22 @@ def to_denoised(output: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, sigm
     p = _prediction_type("to_denoised", prediction_type)
     if p == "sample":
         return output
-    if p == "epsilon":
-        return x - (sigma / alpha) * output
-    if p == "v_prediction":
+    c_skip, c_out = skip_and_out(p, alpha, sigma)
+    return (x if p == "epsilon" else c_skip * x) + c_out * output
+
+
+def skip_and_out(prediction_type: str, alpha, sigma):
+    """``(c_skip, c_out)`` of ``x0 = c_skip x + c_out F`` (the module table) for the model's own ``alpha, sigma``:
+    numbers or tensors; ``prediction_type`` is one of PREDICTION_TYPES."""
+    if prediction_type == "sample":
+        return 0.0, 1.0
+    if prediction_type == "epsilon":
+        return 1.0, -(sigma / alpha)
+    if prediction_type == "v_prediction":
         norm = alpha * alpha + sigma * sigma
-        return (alpha * alpha / norm) * x - (sigma / norm) * output
+        return alpha * alpha / norm, -(sigma / norm)
     norm = alpha + sigma  # flow
-    return (alpha / norm) * x - (sigma / norm) * output
+    return alpha / norm, -(sigma / norm)
 
 
 class _Adapter:
@@ -140,16 +149,9 @@ class _Adapter:
         t_batch = torch.full((x.shape[0],), t, dtype=self._timestep_dtype(x), device=x.device)
         model_input = x if alpha == 1.0 else x * alpha
         out = _unwrap(name, self.inner_model(model_input, t_batch, **extra_args), x)
-        p = self.prediction_type
-        if p == "sample":
+        if self.prediction_type == "sample":
             return out if out.dtype == x.dtype else out.to(x.dtype)
-        if p == "epsilon":
-            c_skip, c_out = 1.0, -sig / alpha
-        elif p == "v_prediction":
-            norm = alpha * alpha + sig * sig
-            c_skip, c_out = alpha * alpha / norm, -sig / norm
-        else:  # flow
-            c_skip, c_out = alpha / (alpha + sig), -sig / (alpha + sig)
+        c_skip, c_out = skip_and_out(self.prediction_type, alpha, sig)
         if c_skip == 1.0:
             denoised = torch.add(x, out, alpha=c_out)
         elif x.element_size() < 4:
