@@ -211,3 +211,10 @@ def test_demo_sections_run_on_the_demo_backend():
     text = demo_extras.print_sections(stream, backend=demo.default_backend())
     assert "Restart where the ODE plateaus" in text and "plms needs 1." in text
     assert stream.getvalue().strip() == text.strip()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+def test_cli_keeps_freed_memory_for_reuse():
+    """The CLI sets glibc's mmap/trim thresholds (freed temporaries are reused instead of unmapped and faulted in
+    again): mallopt accepts the values on this machine."""
+    assert cli.retain_freed_memory() is True
