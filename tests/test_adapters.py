@@ -88,13 +88,20 @@ def test_discrete_quantized_exact_on_training_sigmas(kind, wrap):
     assert t_seen.dtype == torch.int64 and torch.equal(t_seen, t) and kw == {"cond": "c"}
 
 
-def test_discrete_quantize_picks_nearest_log_sigma():
-    gen = torch.Generator().manual_seed(7)
+def _quantized(seed: int, n: int):
+    """gen, an eps DiscreteModel, its quantizing adapter and n sigmas spanning the training range and beyond it."""
+    gen = torch.Generator().manual_seed(seed)
     ab = _ab()
     model = DiscreteModel(Gaussian(gen), ab, "epsilon")
     den = DiscreteVPDenoiser(model, ab)
     ls = den.log_sigmas
-    sv = torch.empty(64, dtype=F64).uniform_(ls[0].item() - 1, ls[-1].item() + 1, generator=gen).exp()
+    sv = torch.empty(n, dtype=F64).uniform_(ls[0].item() - 1, ls[-1].item() + 1, generator=gen).exp()
+    return gen, model, den, sv
+
+
+def test_discrete_quantize_picks_nearest_log_sigma():
+    gen, model, den, sv = _quantized(7, 64)
+    ls = den.log_sigmas
     t = den.sigma_to_t(sv)
     ref = (sv.log()[None, :] - ls[:, None]).abs().argmin(dim=0)  # k-diffusion's quantize
     assert torch.equal(t, ref) and t.min() == 0 and t.max() == 999
@@ -102,6 +109,7 @@ def test_discrete_quantize_picks_nearest_log_sigma():
     x = torch.randn(64, 3, 4, generator=gen, dtype=F64)
     out = den(x, sv)
     alpha = (1 / (1 + sv * sv).sqrt()).view(-1, 1, 1)
+    ab = den.alphas_cumprod
     eps = model.g.predict(alpha * x, ab[t].sqrt(), (1 - ab[t]).sqrt(), "epsilon")
     torch.testing.assert_close(out, x - sv.view(-1, 1, 1) * eps, rtol=0, atol=1e-12)
 
@@ -321,9 +329,12 @@ def test_bad_alphas_cumprod():
 
 # ------------------------------------------------------------------------------- the host-float path (denoise_at)
 def _adapters_for(g, ab, kind):
-    """(name, adapter, exact-denoiser applicability) for every adapter that supports ``kind``."""
-    out = [("discrete", DiscreteVPDenoiser(DiscreteModel(g, ab, kind), ab, prediction_type=kind, quantize=False))]
-    if kind != "v_prediction":
+    """(name, adapter) for every adapter that supports prediction type ``kind``."""
+    out = []
+    if kind != "flow":
+        out.append(("discrete", DiscreteVPDenoiser(DiscreteModel(g, ab, kind), ab, prediction_type=kind,
+                                                   quantize=False)))
+    if kind in ("epsilon", "sample"):
         out.append(("ve", VEDenoiser(lambda x, s: g.predict(x, torch.ones_like(s), s, kind), prediction_type=kind)))
     if kind != "v_prediction":
         out.append(("flow", FlowDenoiser(lambda x, ts: g.predict(x, 1 - ts / 1000, ts / 1000, kind),
@@ -351,12 +362,7 @@ def test_denoise_at_is_the_exact_denoiser_and_matches_the_tensor_path(kind):
 
 
 def test_denoise_at_quantized_timestep_equals_the_tensor_path():
-    gen = torch.Generator().manual_seed(95)
-    ab = _ab()
-    model = DiscreteModel(Gaussian(gen), ab, "epsilon")
-    den = DiscreteVPDenoiser(model, ab)
-    ls = den.log_sigmas
-    sigmas = torch.empty(200, dtype=F64).uniform_(ls[0].item() - 1, ls[-1].item() + 1, generator=gen).exp()
+    gen, model, den, sigmas = _quantized(95, 200)
     x = torch.randn(2, 3, 4, generator=gen, dtype=F64)
     for s in sigmas.tolist() + den.model_sigmas[::97].tolist():
         den.denoise_at(x, s)
@@ -370,8 +376,7 @@ def test_denoise_at_quantized_timestep_equals_the_tensor_path():
 def test_denoise_at_low_precision_agrees_with_float64(kind, dtype):
     gen = torch.Generator().manual_seed(97 + len(kind))
     g, ab = Gaussian(gen), _ab()
-    adapters = [a for a in _adapters_for(g, ab, kind if kind != "flow" else "epsilon")] if kind != "flow" else \
-        [("flow", FlowDenoiser(lambda x, ts: g.predict(x, 1 - ts / 1000, ts / 1000, "flow"), prediction_type="flow"))]
+    adapters = _adapters_for(g, ab, kind)
     x = g.x(gen, 4, torch.full((4,), 0.8, dtype=F64))
     want = g.denoiser(x, torch.full((4,), 0.8, dtype=F64))
     tol = 1e-5 if dtype == torch.float32 else 3e-2
