@@ -117,6 +117,17 @@ def test_bad_input_is_rejected():
         sample_augmented(proc, model, x, x, steps=2, timing="late")
     with pytest.raises(TypeError, match="AugmentedModel"):
         sample_augmented(proc, lambda *a: a, x, x, steps=2)
+    for eta in (-0.1, float("nan"), "1", True):
+        with pytest.raises(ValueError, match="eta must be"):
+            sample_augmented(proc, model, x, x, steps=2, method="reduced_splitting", eta=eta)
+    with pytest.raises(ValueError, match="eta applies to the splitting methods"):
+        sample_augmented(proc, model, x, x, steps=2, method="em", eta=0.5)
+    with pytest.raises(ValueError, match="lam_matrix must be"):
+        sample_augmented(proc, model, x, x, steps=2, method="conjugate", lam_matrix="diag")
+    with pytest.raises(ValueError, match="apply to method='conjugate' only"):
+        sample_augmented(proc, model, x, x, steps=2, method="sscs", lam=0.5)
+    with pytest.raises(ValueError, match="apply to method='conjugate' only"):
+        sample_augmented(proc, model, x, x, steps=2, method="conjugate_residual", lam_matrix="ones")
     bad = ScoreFunction(lambda x, v, t: (x, v[:, :1]))
     with pytest.raises(ValueError, match="shape"):
         sample_augmented(proc, bad, x, x, steps=2, method="pf_euler")

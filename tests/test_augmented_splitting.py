@@ -16,10 +16,21 @@ CASES = [(PSLD(), SplittingRef("PSLD", 8.0, 0.0)), (PSLD.from_config(1.0, 12.0),
          (CLD(), SplittingRef("CLD", 4.0, 0.0)), (CLD(b0=0.5, b1=7.0), SplittingRef("CLD", 0.5, 7.0))]
 
 
-@pytest.mark.parametrize("method", ["reduced_splitting", "naive_splitting", "conjugate_splitting",
-                                    "conjugate_residual"])
+METHODS = [("reduced_splitting", {}), ("naive_splitting", {}), ("conjugate_splitting", {}), ("conjugate_residual", {}),
+           ("reduced_splitting", {"eta": 0.6}), ("naive_splitting", {"eta": 0.3}), ("conjugate_splitting", {"eta": 0.5}),
+           ("conjugate", {}), ("conjugate", {"lam": -0.7}), ("conjugate", {"lam": 0.6, "lam_matrix": "ones"})]
+
+
+def _reference_options(options):
+    out = {k: v for k, v in options.items() if k != "lam_matrix"}
+    out["ones"] = options.get("lam_matrix") == "ones"
+    return out
+
+
+@pytest.mark.parametrize("method,options", METHODS,
+                         ids=[m + "".join(f"-{k}={v}" for k, v in o.items()) for m, o in METHODS])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0].name}-b1={c[0].b1}")
-def test_splitting_parity_with_injected_noise(case, method):
+def test_splitting_parity_with_injected_noise(case, method, options):
     proc, ref = case
     gen = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31, (1,))))
     tgt = AugmentedTarget(default_mixture(), proc)
@@ -37,7 +48,8 @@ def test_splitting_parity_with_injected_noise(case, method):
     model = ScoreFunction(lambda xx, vv, tb: score(xx, vv, float(tb[0])), proc)
     noises = [torch.randn(6, 1, generator=gen, dtype=torch.float64) for _ in range(2 * n)]
     it1, it2 = iter(noises), iter(noises)
-    out = sample_augmented(proc, model, x, v, ts, method, noise_sampler=lambda a, b: next(it1), backend="eager")
-    expect = ref.sample(method, score, x, v, ts, lambda a, b: next(it2))
+    out = sample_augmented(proc, model, x, v, ts, method, noise_sampler=lambda a, b: next(it1), backend="eager",
+                           **options)
+    expect = ref.sample(method, score, x, v, ts, lambda a, b: next(it2), **_reference_options(options))
     err = (torch.cat(out, 1) - expect).abs().max().item()
     assert err < 1e-10 * max(1.0, expect.abs().max().item()), err

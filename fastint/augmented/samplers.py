@@ -19,11 +19,14 @@ Methods (NFE per step):
 - ``pf_euler`` (1), ``pf_heun`` (2): Euler / Heun on the probability-flow ODE.
 - ``conjugate`` (1): the conjugate (lambda-DDIM) integrator of arXiv 2310.07894 on the probability-flow ODE in its
   eps form ``du/dt = beta F u + beta Q L_t^{-T} eps / 2`` (``eps = -L_t^T score``, L the HSM kernel covariance's
-  Cholesky factor): ``ubar = A_t u`` with ``A_t = e^{lambda t} exp(-int_0^t beta F)`` (B_t = lambda I) obeys
-  ``dubar/dt = lambda ubar + dPhi/dt eps``, ``Phi(t) = int_0^t beta_s A_s Q L_s^{-T} / 2 ds``; one step is
-  ``ubar_{n+1} = (1 + lambda (t_{n+1} - t_n)) ubar_n + (Phi(t_{n+1}) - Phi(t_n)) eps_n`` (lambda = 0: the DDIM-type
-  exponential integrator, exact for constant eps). Phi by Gauss-Legendre quadrature in log t on the host.
-  As SPECS summarises 2310.07894's lambda-DDIM (B_t = lambda I); order 1.
+  Cholesky factor), with a constant ``B = lam K``, ``K = I`` (``lam_matrix='identity'``, B_t = lambda I) or the
+  matrix of ones ``K = 1`` (``'ones'``, B_t = lambda 1): ``ubar = A_t u`` with ``A_t = e^{B t} exp(-int_0^t beta F)``
+  solves ``dA/dt = B A - beta A F`` and hence ``dubar/dt = B ubar + dPhi/dt eps`` exactly, ``Phi(t) = int_0^t
+  beta_s A_s Q L_s^{-T} / 2 ds``; one step is ``ubar_{n+1} = (I + B (t_{n+1} - t_n)) ubar_n + (Phi(t_{n+1}) -
+  Phi(t_n)) eps_n`` (lambda = 0: the DDIM-type exponential integrator, exact for constant eps). ``e^{B t}`` in
+  closed form (``1^2 = 2 * 1``); Phi by Gauss-Legendre quadrature in log t on the host. Order 1 for every lambda.
+  SPECS gives only the B_t = lambda I form; where B does not commute with F (the ones matrix) the product form of
+  ``A_t`` above is our choice, the one for which the transformed ODE is exact.
 Splitting and conjugate-splitting samplers (arXiv 2310.07894, Pandey, Rudolph, Mandt; companion 2402.07211). Only
 the abstracts and third-party reviews of these papers could be read in this project (the full texts were not
 retrievable), so the formulas below are ours, built on what those sources state: splitting = alternating updates of
@@ -38,6 +41,10 @@ over the step, ``P = Sigma_inf^{-1}`` the prior precision and ``s = score(u, t)`
   into a score kick ``u2 = u1 + h beta Q (s' + P u1) / 2`` and the exact Ornstein-Uhlenbeck flow ``du = -beta Q P u /
   2 dh + sqrt(beta Q) dW`` (per coordinate: ``u' = exp(-q p b / 2) u2 + sqrt((1 - exp(-q p b)) / p) z``).
   "reduced": ``s' = s`` (reused); "naive": ``s' = score(u1, t_n)``, a second evaluation. Kick and OU: one fused call.
+  ``eta`` (the noise regulation the reduced integrators of 2402.07211 are described as having): the reverse SDEs
+  ``du = beta (-F u + (1 + eta^2) Q score / 2) dh + eta sqrt(beta Q) dW`` share the marginals for every eta; the
+  splitting methods take their Langevin part (kick and OU flow) at rate ``eta^2`` (``b -> eta^2 b``, ``h beta ->
+  eta^2 h beta``). ``eta = 1`` (default): the reverse SDE; ``eta = 0``: the PF part alone.
 - ``conjugate_splitting`` (1, stochastic; the hybrid): ``reduced_splitting`` with its PF part taken by a conjugate
   (exponential) step whose exactly-integrated linear part is the PF drift of the *prior* score, ``G = -F - Q P / 2``
   (a constant matrix: the process is time-changed by ``b``), with the residual score ``r = s + P u`` frozen at the
@@ -72,6 +79,7 @@ METHODS = {  # name: (nfe per step, stochastic)
     "conjugate": (1, False), "reduced_splitting": (1, True), "naive_splitting": (2, True),
     "conjugate_splitting": (1, True), "conjugate_residual": (1, False),
 }
+_ETA_METHODS = ("reduced_splitting", "naive_splitting", "conjugate_splitting")
 
 
 def nfe_per_step(method: str) -> int:
@@ -159,26 +167,36 @@ def _gl_nodes(n=48):
 
 
 class _Conjugate:
-    """Host-side pieces of the conjugate integrator (A_t, Phi increments, L_t^T)."""
+    """Host-side pieces of the conjugate integrator for ``B = lam K`` (``K = I`` or the matrix of ones ``1``): the
+    transform ``A_t = e^{B t} exp(-int_0^t beta F)``, the ``Phi`` increments and the kernel Cholesky factor ``L_t``."""
 
-    def __init__(self, process: AugmentedProcess, lam: float, numerical_eps: float):
+    def __init__(self, process: AugmentedProcess, lam: float, lam_matrix: str, numerical_eps: float):
         self.p, self.lam, self.eps = process, float(lam), numerical_eps
+        self.K = np.eye(2) if lam_matrix == "identity" else np.ones((2, 2))
+        self.B = self.lam * self.K
         self.nodes, self.weights = _gl_nodes()
 
+    def expB(self, t: float) -> np.ndarray:
+        """``e^{B t}`` in closed form: ``e^{lam t} I``, or ``I + (e^{2 lam t} - 1) / 2 * 1`` (as ``1^2 = 2 * 1``)."""
+        if self.K[0, 1] == 0.0:
+            return math.exp(self.lam * t) * np.eye(2)
+        return np.eye(2) + 0.5 * math.expm1(2.0 * self.lam * t) * self.K
+
     def A(self, t: float) -> np.ndarray:
-        phi, _ = self.p.transition(self.p.beta_int(t))  # exp(B F)
-        return math.exp(self.lam * t) * np.linalg.inv(phi)
+        phi, _ = self.p.transition(self.p.beta_int(t))  # exp(int beta F)
+        return self.expB(t) @ np.linalg.inv(phi)
 
     def L(self, t: float) -> np.ndarray:
         return cholesky2(self.p.kernel(t, 0.0, self.p.init_aux_var, self.eps)[1])
 
     def dphi(self, t_a: float, t_b: float) -> np.ndarray:
         """``Phi(t_b) - Phi(t_a)`` (Gauss-Legendre in log t)."""
+        p = self.p
         la, lb = math.log(t_a), math.log(t_b)
         total = np.zeros((2, 2))
         for x, w in zip(self.nodes, self.weights):
             s = math.exp(0.5 * (la + lb) + 0.5 * (lb - la) * x)
-            integrand = 0.5 * self.p.beta(s) * self.A(s) @ self.p.Q @ np.linalg.inv(self.L(s)).T
+            integrand = 0.5 * p.beta(s) * self.A(s) @ p.Q @ np.linalg.inv(self.L(s)).T
             total += w * 0.5 * (lb - la) * s * integrand
         return total
 
@@ -186,8 +204,8 @@ class _Conjugate:
 def sample_augmented(process: AugmentedProcess, model: AugmentedModel, x: torch.Tensor, v: torch.Tensor,
                      ts: Optional[Sequence[float]] = None, method: str = "sscs", *, steps: Optional[int] = None,
                      eps: float = 1e-3, striding: str = "linear", denoise: bool = True, timing: str = "midpoint",
-                     lam: float = 0.0, seed=None, noise_sampler: Optional[Callable] = None,
-                     backend: Optional[str] = None, numerical_eps: float = NUMERICAL_EPS,
+                     lam: float = 0.0, lam_matrix: str = "identity", eta: float = 1.0, seed=None,
+                     noise_sampler: Optional[Callable] = None, backend: Optional[str] = None, numerical_eps: float = NUMERICAL_EPS,
                      variance_eps: float = 0.0, callback: Optional[Callable] = None
                      ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Sample the reverse process of ``process`` from ``(x, v)`` at ``ts[0]`` down to ``ts[-1]`` (then denoise to 0).
@@ -200,7 +218,11 @@ def sample_augmented(process: AugmentedProcess, model: AugmentedModel, x: torch.
         method: one of ``METHODS`` (module docstring).
         denoise: a final noise-free Euler-Maruyama step from ``ts[-1]`` to 0 (one more NFE), as the references.
         timing: SSCS only: 'midpoint' or 'reference' (module docstring).
-        lam: lambda of the conjugate methods.
+        lam, lam_matrix: the conjugate integrator's ``B_t = lam I`` ('identity') or ``B_t = lam 1`` ('ones', the
+            matrix of ones); ``method='conjugate'`` only.
+        eta: the noise scale of the splitting methods (``reduced_splitting``, ``naive_splitting``,
+            ``conjugate_splitting``): their Langevin part (score kick and OU flow) runs at rate ``eta^2``; 1 is the
+            reverse SDE, 0 the probability-flow ODE (module docstring).
         seed / noise_sampler: in-kernel Philox noise seeds (int: sample b uses seed + b) or injected noise.
         numerical_eps: the diagonal regulariser of the conjugate methods' kernel covariance (as the adapters).
         variance_eps: added to the diagonal of SSCS half-step covariances (CLD-SGM's ``sscs_num_stab``, PSLD's 1e-9).
@@ -225,6 +247,14 @@ def sample_augmented(process: AugmentedProcess, model: AugmentedModel, x: torch.
         raise ValueError(f"timing must be 'midpoint' or 'reference', got {timing!r}")
     if not (isinstance(lam, (int, float)) and math.isfinite(lam)):
         raise ValueError(f"lam must be a finite number, got {lam!r}")
+    if lam_matrix not in ("identity", "ones"):
+        raise ValueError(f"lam_matrix must be 'identity' (B_t = lam I) or 'ones' (B_t = lam 1), got {lam_matrix!r}")
+    if not (isinstance(eta, (int, float)) and not isinstance(eta, bool) and math.isfinite(eta) and eta >= 0):
+        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+    if eta != 1.0 and method not in _ETA_METHODS:
+        raise ValueError(f"eta applies to the splitting methods ({', '.join(_ETA_METHODS)}), not to {method!r}")
+    if (lam != 0.0 or lam_matrix != "identity") and method != "conjugate":
+        raise ValueError(f"lam and lam_matrix apply to method='conjugate' only, not to {method!r}")
     if ts is None:
         if steps is None:
             raise ValueError("give ts (forward times) or steps")
@@ -242,7 +272,7 @@ def sample_augmented(process: AugmentedProcess, model: AugmentedModel, x: torch.
     k = model.num_outputs
     I2 = np.eye(2)
     G0 = -p.F - 0.5 * Q @ P
-    conj = _Conjugate(p, lam, numerical_eps) if method == "conjugate" else None
+    conj = _Conjugate(p, lam, lam_matrix, numerical_eps) if method == "conjugate" else None
 
     def score_mat(t):  # score = C [u, o]
         c = np.asarray(model.coefficients(t), dtype=np.float64)
@@ -270,8 +300,8 @@ def sample_augmented(process: AugmentedProcess, model: AugmentedModel, x: torch.
         phi, cov = p.reverse_transition(b)
         return phi, cholesky2(cov + variance_eps * I2)
 
-    def ou(t_a, t_b):  # exact OU du = -beta Q P u / 2 dh + sqrt(beta Q) dW over forward [t_b, t_a]
-        b = p.rate(t_b, t_a)
+    def ou(t_a, t_b):  # exact OU du = -eta^2 beta Q P u / 2 dh + eta sqrt(beta Q) dW over forward [t_b, t_a]
+        b = eta * eta * p.rate(t_b, t_a)
         qp = np.diag(Q @ P)
         decay = np.exp(-0.5 * qp * b)
         var = np.array([-math.expm1(-qp[j] * b) / P[j, j] for j in range(2)])
@@ -283,7 +313,7 @@ def sample_augmented(process: AugmentedProcess, model: AugmentedModel, x: torch.
         epsm = -LT @ c  # eps = -L^T score
         Aa, Ab = conj.A(t_a), conj.A(t_b)
         m = conj.dphi(t_a, t_b) @ epsm
-        m[:, :2] += (1.0 + lam * (t_b - t_a)) * Aa
+        m[:, :2] += (I2 + conj.B * (t_b - t_a)) @ Aa
         return np.linalg.solve(Ab, m)
 
     for i in range(len(ts) - 1):
@@ -338,7 +368,7 @@ def sample_augmented(process: AugmentedProcess, model: AugmentedModel, x: torch.
                 run.apply(det, outs)
             else:
                 # reduced splitting: the kick reuses the step's score, at the PF result; then the exact OU flow
-                kk = 0.5 * h * p.beta(t) * Q
+                kk = 0.5 * eta * eta * h * p.beta(t) * Q
                 m = det + kk @ P @ det + kk @ score_mat(t)
                 decay, std = ou(t, tn)
                 run.apply(decay @ m, outs, std, ca, (t, tn))
@@ -347,14 +377,14 @@ def sample_augmented(process: AugmentedProcess, model: AugmentedModel, x: torch.
             det = _pad(np.eye(2), 2 + k) + h * drift_mat(t, True)
             if method == "reduced_splitting":
                 # the kick reuses the score at (u, t): score(u) = c [u, o], applied to the PF result
-                kk = 0.5 * h * p.beta(t) * Q
+                kk = 0.5 * eta * eta * h * p.beta(t) * Q
                 m = det + kk @ P @ det + kk @ score_mat(t)
             else:
                 xp, vp = torch.empty_like(run.x), torch.empty_like(run.v)
                 run.apply(det, outs, target=[xp, vp])
                 outs = model.evaluate(xp, vp, tn, backend)
                 run.x, run.v = xp, vp
-                m = kick(tn, h, 0.5)
+                m = kick(tn, h, 0.5 * eta * eta)
             decay, std = ou(t, tn)
             run.apply(decay @ m, outs, std, ca, (t, tn))
         if callback is not None:
