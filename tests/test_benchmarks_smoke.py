@@ -97,3 +97,15 @@ def test_end_to_end_script(tmp_path):
                  "--repeats", "1", "--solvers", "dpmpp_2m", "--out", str(tmp_path)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "dpmpp_2m" in proc.stdout and (tmp_path / "e2e_cpu_8px.md").exists()
+
+
+def test_augmented_quality_script():
+    proc = _run(["benchmarks/augmented_quality.py", "--process", "cld", "--samples", "500", "--reference", "1000",
+                 "--budgets", "2", "6", "--methods", "em", "conjugate_splitting:eta=0.5", "pf_heun"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in proc.stdout.splitlines() if line.startswith("| ") and "NFE" not in line}
+    assert set(rows) == {"em", "conjugate_splitting:eta=0.5", "pf_heun"}, proc.stdout
+    assert rows["pf_heun"][0] == "-" and all(float(c) > 0 for c in rows["em"] + rows["pf_heun"][1:]), rows
+    bad = _run(["benchmarks/augmented_quality.py", "--methods", "em:eta=0.5", "--samples", "100", "--reference", "100"])
+    assert bad.returncode != 0 and "eta applies to the splitting methods" in bad.stderr
