@@ -56,6 +56,17 @@ class SplittingRef:
     def _pf_euler(self, u, s, t, h):  # u + h beta (-F u + Q s / 2), row vectors
         return u + h * self.beta(t) * (-u @ self.F.T + 0.5 * s @ self.Q.T)
 
+    def _forced_ou(self, u, r, t, tn, noise, eta):
+        """Exact flow of du = eta^2 (-Q P u + Q r) / 2 db + eta sqrt(Q) dW with r constant: the mean by the
+        exponential of the affine system's 3x3 block matrix [[A, c], [0, 0]], plus the OU noise."""
+        b = eta ** 2 * self.B(tn, t)
+        out = self._ou(np.zeros_like(u), t, tn, noise, eta)
+        for row in range(u.shape[0]):
+            blk = np.zeros((3, 3))
+            blk[:2, :2], blk[:2, 2] = -0.5 * self.Q @ self.P, 0.5 * self.Q @ r[row]
+            out[row] += (sl.expm(b * blk) @ np.append(u[row], 1.0))[:2]
+        return out
+
     def _kick(self, u, s, t, h, eta=1.0):  # u + eta^2 h beta Q (s + P u) / 2
         return u + 0.5 * eta ** 2 * h * self.beta(t) * (s + u @ self.P.T) @ self.Q.T
 
@@ -108,7 +119,7 @@ class SplittingRef:
                 up = self._pf_euler(u, s, t, h)
                 u = self._ou(self._kick(up, self._score(score, up, tn), tn, h, eta), t, tn, noise, eta)
             elif method == "conjugate_splitting":
-                u = self._ou(self._kick(self._prior_flow(u, s, t, tn), s, t, h, eta), t, tn, noise, eta)
+                u = self._forced_ou(self._prior_flow(u, s, t, tn), s + u @ self.P.T, t, tn, noise, eta)
             elif method == "conjugate_residual":
                 u = self._prior_flow(u, s, t, tn)
             elif method == "conjugate":

@@ -36,43 +36,37 @@ def _distances(proc, methods, budgets, seeds=2, n=N, n_ref=None, directions=64, 
     return out
 
 
-def test_sscs_beats_em_at_low_nfe_on_cld():
-    # the NFE-20 gap is ~0.038: over 8 fresh runs its margin went down to 0.003 with 10000 samples, 0.028-0.044
-    # with 40000
-    d = _distances(CLD(), ["em", "sscs"], [6, 20], n=40000)
+@pytest.mark.parametrize("timing", ["reference", "midpoint"])
+def test_sscs_beats_em_at_low_nfe_on_cld(timing):
+    # the published SSCS timing (default) wins at NFE 6 by 10x and at NFE 20 by 0.13 (200000-sample table in
+    # docs/augmented.md; at 10 and 40 by < 0.03, not resolved at test size); the midpoint timing wins at 6 and 20
+    # only: its NFE-20 gap is ~0.04, whose margin over 8 fresh runs went down to 0.003 with 10000 samples and
+    # stayed at 0.028-0.044 with 40000
+    d = _distances(CLD(), ["em", "sscs"], [6, 20], n=40000, sscs={"timing": timing})
     for nfe in (6, 20):
         assert max(d["sscs", nfe]) < min(d["em", nfe]), (nfe, d)
 
 
-def test_reduced_splitting_beats_em_and_sscs_on_psld():
-    d = _distances(PSLD(), ["em", "sscs", "reduced_splitting"], [6, 20], n=20000)  # 4000: NFE-20 margin down to 0.036
-    for nfe in (6, 20):
-        assert max(d["reduced_splitting", nfe]) < min(d["em", nfe] + d["sscs", nfe]), (nfe, d)
+def test_reduced_splitting_beats_em_on_psld():
+    # it does not beat PSLD's published SSCS (timing 'reference': 0.50 vs 0.95 at NFE 6, a tie at 20)
+    d = _distances(PSLD(), ["em", "reduced_splitting"], [6, 20], n=20000)
+    for nfe, bound in ((6, 0.3), (20, 0.8)):
+        assert max(d["reduced_splitting", nfe]) < bound * min(d["em", nfe]), (nfe, d)
 
 
-# the 2310.07894 hybrid claim (conjugate + splitting beats PSLD's EM and SSCS at equal NFE), where it holds on this
-# target: NFE 6 and 10 (ratio to the better of EM/SSCS <= 0.38 in docs/augmented.md) and NFE 20 (<= 0.45 at batch
-# 20000; absolute gap >= 0.15 vs a seed-to-seed spread ~0.02). With 10000 samples the NFE-20 ratio of fresh runs
-# spread over 0.41-0.72 (sliced-W2 noise of the sample sets), with 40000 over 0.42-0.51; at NFE 40 the gap (if any)
-# is within the sampling noise of a test-sized batch.
+# the 2310.07894 hybrid claim (conjugate + splitting beats PSLD's EM and SSCS at equal NFE). Against the better of EM
+# and the published SSCS, docs/augmented.md (200000 samples) has ratios 0.90, 0.31, 0.60, 0.66 at NFE 6, 10, 20, 40;
+# its deterministic conjugate step alone (conjugate_residual) loses to SSCS at NFE 6 and wins from NFE 10.
+# NFE 40: distances of 0.09-0.14 against a metric noise of ~0.05 at 40000 samples, hence 100000 samples, a
+# 300000-sample reference and one noise seed there.
 def test_conjugate_splitting_hybrid_beats_em_and_sscs_on_psld():
-    d = _distances(PSLD(), ["em", "sscs", "conjugate_splitting", "conjugate_residual"], [6, 10, 20], n=40000)
-    for nfe, bound in ((6, 0.5), (10, 0.5), (20, 0.85)):
-        base = min(d["em", nfe] + d["sscs", nfe])
-        for m in ("conjugate_splitting", "conjugate_residual"):
-            assert max(d[m, nfe]) < bound * base, (m, nfe, d)
-
-
-# with its noise regulated (eta = 0.5: the Langevin part at a quarter of the rate) the hybrid also wins clearly at
-# NFE 40, where the eta = 1 hybrid wins only narrowly (docs/augmented.md, 200000 samples against a 10^6-sample
-# reference: eta 0.5 0.071, eta 1 0.112, EM 0.130, SSCS 0.136; floor 0.028). Test-sized sets add sliced-W2 noise of the
-# order of that gap: over 12 fresh runs of the NFE-40 part below the ratio spread over 0.38-0.76.
-def test_noise_regulated_hybrid_beats_em_and_sscs_at_every_budget_on_psld():
-    methods, hybrid = ["em", "sscs", "conjugate_splitting"], {"eta": 0.5}
-    d = _distances(PSLD(), methods, [6, 10, 20], n=40000, conjugate_splitting=hybrid)
-    d.update(_distances(PSLD(), methods, [40], seeds=1, n=100000, n_ref=300000, conjugate_splitting=hybrid))
-    for nfe, bound in ((6, 0.4), (10, 0.5), (20, 0.75), (40, 1.0)):
+    methods = ["em", "sscs", "conjugate_splitting", "conjugate_residual"]
+    d = _distances(PSLD(), methods, [6, 10, 20], n=40000)
+    d.update(_distances(PSLD(), methods, [40], seeds=1, n=100000, n_ref=300000))
+    for nfe, bound in ((6, 1.0), (10, 0.5), (20, 0.8), (40, 0.9)):
         assert max(d["conjugate_splitting", nfe]) < bound * min(d["em", nfe] + d["sscs", nfe]), (nfe, d)
+    for nfe, bound in ((10, 0.5), (20, 0.8), (40, 0.9)):
+        assert max(d["conjugate_residual", nfe]) < bound * min(d["em", nfe] + d["sscs", nfe]), (nfe, d)
 
 
 _EXACT = {}

@@ -107,7 +107,7 @@ def test_every_listed_solver_is_a_demo_entry():
 def test_augmented_samplers_are_demo_entries():
     from fastint.augmented.demo_entries import ENTRIES
     sections = {e.name: e.section for e in demo.available_entries()}
-    assert all(sections.get(name) == "augmented" for name, _, _, _ in ENTRIES), sections
+    assert all(sections.get(name) == "augmented" for name, _, _ in ENTRIES), sections
 
 
 def test_register_entry_adds_a_row(monkeypatch):

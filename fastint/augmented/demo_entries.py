@@ -15,21 +15,19 @@ from .processes import CLD, PSLD
 from .samplers import nfe_per_step, sample_augmented
 from .target import AugmentedTarget
 
-ENTRIES = [("cld_em", CLD, "em", {}), ("cld_sscs", CLD, "sscs", {}), ("cld_pf_heun", CLD, "pf_heun", {}),
-           ("psld_em", PSLD, "em", {}), ("psld_sscs", PSLD, "sscs", {}),
-           ("psld_reduced_splitting", PSLD, "reduced_splitting", {}), ("psld_conjugate", PSLD, "conjugate", {}),
-           ("psld_conjugate_splitting", PSLD, "conjugate_splitting", {}),
-           ("psld_conjugate_splitting_eta0.5", PSLD, "conjugate_splitting", {"eta": 0.5})]
+ENTRIES = [("cld_em", CLD, "em"), ("cld_sscs", CLD, "sscs"), ("cld_pf_heun", CLD, "pf_heun"),
+           ("psld_em", PSLD, "em"), ("psld_sscs", PSLD, "sscs"), ("psld_reduced_splitting", PSLD, "reduced_splitting"),
+           ("psld_conjugate", PSLD, "conjugate"), ("psld_conjugate_splitting", PSLD, "conjugate_splitting")]
 
 
-def _runner(process_cls, method, options):
+def _runner(process_cls, method):
     def run(setup, model, x, steps):
         proc = process_cls()
         tgt = AugmentedTarget(setup.target, proc)
         gen = torch.Generator().manual_seed(setup.seed + 7)
         v = (math.sqrt(proc.M) * torch.randn(x.shape, generator=gen, dtype=torch.float64)).to(x.dtype)
         out, _ = sample_augmented(proc, ExactScore(tgt, denoiser=model), x / setup.sigma_max, v, steps=steps,
-                                  method=method, seed=setup.seed, backend=setup.backend, **options)
+                                  method=method, seed=setup.seed, backend=setup.backend)
         return out
     return run
 
@@ -37,10 +35,8 @@ def _runner(process_cls, method, options):
 def entries():
     from ..demo import DemoEntry
     return [DemoEntry(name, (lambda per: (lambda steps: per * steps + 1))(nfe_per_step(method)),
-                      _runner(cls, method, options), section="augmented",
-                      description=f"{cls.name} {method}{''.join(f' {k}={v}' for k, v in options.items())} "
-                                  "(fastint.augmented)")
-            for name, cls, method, options in ENTRIES]
+                      _runner(cls, method), section="augmented",
+                      description=f"{cls.name} {method} (fastint.augmented)") for name, cls, method in ENTRIES]
 
 
 def register():

@@ -12,10 +12,11 @@ Methods (NFE per step):
 - ``sscs`` (1): symmetric splitting (CLD paper; PSLD's ``SSCSSampler``): exact reverse linear half step
   (``S Phi S``, covariance ``S Sigma S``, processes.py), Euler step of the score part ``u += h beta Q (score +
   Sigma_inf^{-1} u)``, exact half step. The score step and the second half step are fused into one call.
-  ``timing='midpoint'`` (default): the halves cover their own sub-intervals and the score is evaluated at the
-  midpoint time (Strang splitting of the time-dependent problem); ``timing='reference'``: as CLD-SGM and PSLD do,
-  both halves use the integrated rate of the *first* half interval and the score/beta are taken at the step's start
-  time (identical for constant beta up to the score time).
+  ``timing='reference'`` (default): as CLD-SGM and PSLD do, both halves use the integrated rate of the *first* half
+  interval and the score/beta are taken at the step's start time (exact halves for constant beta);
+  ``timing='midpoint'``: the halves cover their own sub-intervals and the score is evaluated at the midpoint time
+  (Strang splitting of the time-dependent problem). On the analytic target the published timing is the better one
+  at low NFE (CLD, NFE 6: 0.53 against 3.9; docs/augmented.md).
 - ``pf_euler`` (1), ``pf_heun`` (2): Euler / Heun on the probability-flow ODE.
 - ``conjugate`` (1): the conjugate (lambda-DDIM) integrator of arXiv 2310.07894 on the probability-flow ODE in its
   eps form ``du/dt = beta F u + beta Q L_t^{-T} eps / 2`` (``eps = -L_t^T score``, L the HSM kernel covariance's
@@ -45,14 +46,18 @@ over the step, ``P = Sigma_inf^{-1}`` the prior precision and ``s = score(u, t)`
   ``du = beta (-F u + (1 + eta^2) Q score / 2) dh + eta sqrt(beta Q) dW`` share the marginals for every eta; the
   splitting methods take their Langevin part (kick and OU flow) at rate ``eta^2`` (``b -> eta^2 b``, ``h beta ->
   eta^2 h beta``). ``eta = 1`` (default): the reverse SDE; ``eta = 0``: the PF part alone.
-- ``conjugate_splitting`` (1, stochastic; the hybrid): ``reduced_splitting`` with its PF part taken by a conjugate
-  (exponential) step whose exactly-integrated linear part is the PF drift of the *prior* score, ``G = -F - Q P / 2``
-  (a constant matrix: the process is time-changed by ``b``), with the residual score ``r = s + P u`` frozen at the
-  step start: ``u1 = e^{b G} u + (int_0^b e^{s G} ds) Q r / 2`` (one 4x4 matrix exponential on the host). This is the
-  conjugate-integrator idea with the transform ``A = e^{-b G}`` absorbing the stiff prior part, instead of
-  lambda-DDIM's ``A_t = e^{lambda t} exp(-int beta F)`` with eps frozen: that choice is explicit in the stiff
-  ``Q P`` part of the score and diverges at large steps (``conjugate`` at NFE 6). Then the reduced kick with ``s``
-  and the exact OU flow, all in ONE fused call.
+- ``conjugate_splitting`` (1, stochastic; the hybrid): the splitting of ``reduced_splitting`` (PF part, then
+  Langevin part, one score evaluation reused by both) with BOTH sub-steps taken by a conjugate (exponential) step in
+  which the linear prior part of the score is exact and the residual score ``r = s + P u`` is frozen at the step
+  start. PF part: the exactly-integrated drift is the PF drift of the *prior* score, ``G = -F - Q P / 2`` (a
+  constant matrix: the process is time-changed by ``b``): ``u1 = e^{b G} u + (int_0^b e^{s G} ds) Q r / 2`` (one
+  4x4 matrix exponential on the host). Langevin part ``du = (-Q P u + Q r) / 2 db + sqrt(Q) dW`` with r frozen: the
+  exact forced OU flow, per coordinate ``u' = e^{-q p b / 2} u1 + (1 - e^{-q p b / 2}) / (q p / 2) q r_j / 2 +
+  sqrt((1 - e^{-q p b}) / p) z``. This is the conjugate-integrator idea with the transform absorbing the stiff prior
+  part, instead of lambda-DDIM's ``A_t = e^{lambda t} exp(-int beta F)`` with eps frozen (explicit in the stiff
+  ``Q P`` part of the score; ``conjugate`` diverges at NFE 6). The whole step is ONE fused call. (An earlier version
+  took the Langevin part as ``reduced_splitting`` does, an Euler kick then the unforced OU flow; the forced flow is
+  better at every budget measured, docs/augmented.md.)
 - ``conjugate_residual`` (1, deterministic): the conjugate PF step above alone (``u' = u1``).
 
 Noise (docs/noise.md addressing): step ``i`` uses counter ``2 i`` for its first noise event and ``2 i + 1`` for its
@@ -203,7 +208,7 @@ class _Conjugate:
 
 def sample_augmented(process: AugmentedProcess, model: AugmentedModel, x: torch.Tensor, v: torch.Tensor,
                      ts: Optional[Sequence[float]] = None, method: str = "sscs", *, steps: Optional[int] = None,
-                     eps: float = 1e-3, striding: str = "linear", denoise: bool = True, timing: str = "midpoint",
+                     eps: float = 1e-3, striding: str = "linear", denoise: bool = True, timing: str = "reference",
                      lam: float = 0.0, lam_matrix: str = "identity", eta: float = 1.0, seed=None,
                      noise_sampler: Optional[Callable] = None, backend: Optional[str] = None, numerical_eps: float = NUMERICAL_EPS,
                      variance_eps: float = 0.0, callback: Optional[Callable] = None
@@ -217,7 +222,7 @@ def sample_augmented(process: AugmentedProcess, model: AugmentedModel, x: torch.
         ts: forward times, strictly decreasing in (0, 1]; or ``steps`` (+ ``eps``, ``striding``) for ``time_grid``.
         method: one of ``METHODS`` (module docstring).
         denoise: a final noise-free Euler-Maruyama step from ``ts[-1]`` to 0 (one more NFE), as the references.
-        timing: SSCS only: 'midpoint' or 'reference' (module docstring).
+        timing: SSCS only: 'reference' (the published codes') or 'midpoint' (module docstring).
         lam, lam_matrix: the conjugate integrator's ``B_t = lam I`` ('identity') or ``B_t = lam 1`` ('ones', the
             matrix of ones); ``method='conjugate'`` only.
         eta: the noise scale of the splitting methods (``reduced_splitting``, ``naive_splitting``,
@@ -307,6 +312,11 @@ def sample_augmented(process: AugmentedProcess, model: AugmentedModel, x: torch.
         var = np.array([-math.expm1(-qp[j] * b) / P[j, j] for j in range(2)])
         return np.diag(decay), np.diag(np.sqrt(np.maximum(var, 0.0)))
 
+    def ou_gain(t_a, t_b):  # int of the OU decay over the step, per coordinate: (1 - e^{-q p b' / 2}) / (q p / 2)
+        b = eta * eta * p.rate(t_b, t_a)
+        qp = np.diag(Q @ P)
+        return np.diag([-math.expm1(-0.5 * a * b) / (0.5 * a) if a > 0 else b for a in qp])
+
     def conj_step(t_a, t_b):  # u_b = R [u, o] (deterministic conjugate step), over [u, o]
         c = score_mat(t_a)
         LT = conj.L(t_a).T
@@ -367,11 +377,9 @@ def sample_augmented(process: AugmentedProcess, model: AugmentedModel, x: torch.
             if method == "conjugate_residual":
                 run.apply(det, outs)
             else:
-                # reduced splitting: the kick reuses the step's score, at the PF result; then the exact OU flow
-                kk = 0.5 * eta * eta * h * p.beta(t) * Q
-                m = det + kk @ P @ det + kk @ score_mat(t)
+                # then the Langevin part's conjugate step: the exact OU flow forced by the same frozen residual
                 decay, std = ou(t, tn)
-                run.apply(decay @ m, outs, std, ca, (t, tn))
+                run.apply(decay @ det + ou_gain(t, tn) @ (0.5 * Q) @ r, outs, std, ca, (t, tn))
         elif method in ("reduced_splitting", "naive_splitting"):
             outs = model.evaluate(run.x, run.v, t, backend)
             det = _pad(np.eye(2), 2 + k) + h * drift_mat(t, True)
