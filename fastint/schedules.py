@@ -80,10 +80,11 @@ def _alphas_cumprod(name: str, alphas_cumprod) -> torch.Tensor:
             raise TypeError(f"{name}: alphas_cumprod must be a 1-D sequence of numbers") from None
     if ab.dim() != 1 or ab.numel() < 2:
         raise ValueError(f"{name}: alphas_cumprod must be 1-D with at least 2 entries, got shape {tuple(ab.shape)}")
-    if not torch.isfinite(ab).all() or (ab <= 0).any() or (ab > 1).any():
+    a = ab.numpy()  # the checks in numpy: a few microseconds instead of a dozen small tensor ops
+    if not (np.isfinite(a).all() and (a > 0).all() and (a <= 1).all()):
         raise ValueError(f"{name}: alphas_cumprod must be finite and in (0, 1] (a zero-terminal-SNR schedule has an "
                          f"infinite VE sigma: clip its last entry)")
-    if (ab[1:] >= ab[:-1]).any():
+    if not (a[1:] < a[:-1]).all():
         raise ValueError(f"{name}: alphas_cumprod must be strictly decreasing")
     return ab
 
@@ -183,10 +184,9 @@ def vp_discrete(alphas_cumprod, n: int, spacing: str = "leading", steps_offset: 
         raise ValueError(f"{name}: spacing {spacing!r} ({convention} convention) with n={n}, T={T}, "
                          f"steps_offset={steps_offset} gives invalid timesteps {t.tolist()} (they must be distinct, "
                          f"decreasing and in [0, {T})): use fewer steps or another spacing")
-    timesteps = torch.from_numpy(t)
-    abt = ab[timesteps]
-    sigmas = ((1 - abt) / abt).sqrt()
-    return DiscreteSchedule(_append_zero(sigmas), timesteps)
+    abt = ab.numpy()[t]
+    sigmas = np.append(np.sqrt((1 - abt) / abt), 0.0)  # IEEE float64 ops: the same bits as the torch ops
+    return DiscreteSchedule(torch.from_numpy(sigmas), torch.from_numpy(t))
 
 
 def betas_linear(n_train: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,

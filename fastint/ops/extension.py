@@ -135,14 +135,19 @@ def _probe_cuda() -> Optional[str]:
 
 
 def _run(call: FusedStepCall) -> None:
-    torch.ops.fastint.fused_step(call.outs, call.inputs, call.coeffs, call.seeds, call.counter, call.num_noise)
+    torch.ops.fastint.fused_step.default(call.outs, call.inputs, call.coeffs, call.seeds, call.counter,
+                                         call.num_noise)
+
+
+def _raw():
+    return torch.ops.fastint.fused_step.default
 
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 registry.register(registry.Backend(
     name="cpp", description="compiled C++ CPU kernel (at::parallel_for, SIMD Philox + SLEEF Box-Muller)",
-    devices=("cpu",), dtypes=_DTYPES, probe=_probe_cpp, run=_run))
+    devices=("cpu",), dtypes=_DTYPES, probe=_probe_cpp, run=_run, raw=_raw))
 registry.register(registry.Backend(
     name="cuda", description="compiled CUDA kernel (vectorised loads, grid-stride, in-kernel Philox)",
-    devices=("cuda",), dtypes=_DTYPES, probe=_probe_cuda, run=_run))
+    devices=("cuda",), dtypes=_DTYPES, probe=_probe_cuda, run=_run, raw=_raw))

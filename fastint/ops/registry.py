@@ -25,7 +25,9 @@ class Backend:
     """One implementation of the fused op.
 
     ``probe`` returns None when the backend can run in this process, else the reason it cannot (called once).
-    ``run`` executes a validated call. ``dtypes`` and ``devices`` declare what it supports.
+    ``run`` executes a validated call. ``dtypes`` and ``devices`` declare what it supports. ``raw``, when given,
+    returns the op itself as ``f(outs, inputs, coeffs, seeds, counter, num_noise)`` (used once the backend is
+    available), so that a caller repeating an already validated kind of call skips building a ``FusedStepCall``.
     """
 
     name: str
@@ -34,6 +36,7 @@ class Backend:
     dtypes: Tuple[torch.dtype, ...]
     probe: Callable[[], Optional[str]]
     run: Callable[[FusedStepCall], None]
+    raw: Optional[Callable[[], Callable[..., None]]] = None
     _reason: Optional[str] = field(default=None, init=False)
     _probed: bool = field(default=False, init=False)
 
@@ -45,6 +48,12 @@ class Backend:
                 self._reason = f"probe failed: {exc!r}"
             self._probed = True
         return self._reason
+
+    def raw_op(self) -> Callable[..., None]:
+        """``f(outs, inputs, coeffs, seeds, counter, num_noise)`` running a call of a kind already validated."""
+        if self.raw is not None:
+            return self.raw()
+        return lambda *args: self.run(FusedStepCall(*args))
 
     def cannot_run(self, call: FusedStepCall) -> Optional[str]:
         """None if this backend can execute ``call``, else why not."""
