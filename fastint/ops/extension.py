@@ -6,6 +6,8 @@ make the backends unavailable with that reason. Loading never initialises CUDA.
 
 The op ``torch.ops.fastint.fused_step(outs, inputs, coeffs, seeds, counter, num_noise)`` is defined in C++
 (``csrc/ops.cpp``); its fake (meta) implementation is registered here, so ``torch.compile`` sees one opaque op.
+``fastint._C.fused_step`` is a faster Python entry to the same op (CPython argument parsing, typed dispatcher
+call) that the sampling loop uses for calls of a kind already validated (``Backend.raw``).
 ``FASTINT_DISABLE_EXT=1`` skips the extension at run time.
 """
 
@@ -140,7 +142,9 @@ def _run(call: FusedStepCall) -> None:
 
 
 def _raw():
-    return torch.ops.fastint.fused_step.default
+    """``fastint._C.fused_step`` (the same op without the boxed argument path, ``csrc/python_entry.cpp``); the
+    dispatcher overload for a build that predates it."""
+    return getattr(module(), "fused_step", None) or torch.ops.fastint.fused_step.default
 
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)

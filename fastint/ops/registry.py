@@ -71,11 +71,31 @@ class Backend:
 _BACKENDS: Dict[str, Backend] = {}
 _state = threading.local()
 _env_warned = set()
+_CHOICES: Dict[tuple, Tuple[Backend, Callable[..., None]]] = {}  # see remember_choice
 
 
 def register(backend: Backend) -> Backend:
     _BACKENDS[backend.name] = backend
+    _CHOICES.clear()
     return backend
+
+
+def choice_key(kind: tuple, requested: Optional[str]) -> tuple:
+    """The key under which ``remember_choice`` stores the backend for a kind of call: the caller's description of
+    the call (tensor counts, dtypes, device type, ...), the requested backend and the one in force."""
+    return kind, requested, current_backend()
+
+
+def remembered_choice(key: tuple) -> Optional[Tuple[Backend, Callable[..., None]]]:
+    """``(backend, raw op)`` chosen earlier in this process for ``key``, or None."""
+    return _CHOICES.get(key)
+
+
+def remember_choice(key: tuple, backend: Backend) -> Tuple[Backend, Callable[..., None]]:
+    """Record that calls described by ``key`` (one of them validated and ``select``-ed) run on ``backend``, so that
+    later sampling runs skip the validation and the selection for that kind (``register`` forgets every choice)."""
+    choice = _CHOICES[key] = (backend, backend.raw_op())
+    return choice
 
 
 def get(name: str) -> Backend:

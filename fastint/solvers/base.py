@@ -252,21 +252,26 @@ class SamplingContext:
 
     def _fused_step(self, inputs, coeffs, num_noise, seeds, counter, outs) -> None:
         """The op call with the per-call Python cost kept small: the first call of each kind (inputs, outputs, noise
-        streams, dtypes) is fully validated and picks the backend; later calls of that kind reuse the choice and
-        go straight to the backend's op (``Backend.raw``). Every input is state-shaped on the state's device
+        streams, dtypes, device type, backend request) in the process is fully validated and picks the backend
+        (``registry.remember_choice``); later calls of that kind reuse the choice and go straight to the backend's
+        op (``Backend.raw``). Every input is state-shaped on the state's device
         (``denoise`` and ``draw_injected_noise`` check model outputs and injected noise) and ``outs`` are buffers
         of this run, so only contiguity and the coefficients need checking again. ``coeffs``: the flattened
         (len(outs), N + K) matrix."""
         key = (len(inputs), len(outs), num_noise, tuple(t.dtype for t in inputs))
         chosen = self._backends.get(key)
         if chosen is None:
-            width = len(coeffs) // len(outs)
-            call = validate(inputs, [coeffs[m * width:(m + 1) * width] for m in range(len(outs))], outs, seeds,
-                            counter, num_noise)
-            backend = registry.select(call, self.backend)
-            self._backends[key] = (backend, backend.raw_op())
-            backend.run(call)
-            return
+            process_key = registry.choice_key(key + (self.dtype, self.device.type), self.backend)
+            chosen = registry.remembered_choice(process_key)
+            if chosen is None:
+                width = len(coeffs) // len(outs)
+                call = validate(inputs, [coeffs[m * width:(m + 1) * width] for m in range(len(outs))], outs, seeds,
+                                counter, num_noise)
+                backend = registry.select(call, self.backend)
+                self._backends[key] = registry.remember_choice(process_key, backend)
+                backend.run(call)
+                return
+            self._backends[key] = chosen
         if not all(math.isfinite(c) for c in coeffs):
             raise ValueError(f"non-finite step coefficients {coeffs}: check the sigmas and solver options")
         for t in inputs:
