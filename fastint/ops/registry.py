@@ -82,8 +82,9 @@ def register(backend: Backend) -> Backend:
 
 def choice_key(kind: tuple, requested: Optional[str]) -> tuple:
     """The key under which ``remember_choice`` stores the backend for a kind of call: the caller's description of
-    the call (tensor counts, dtypes, device type, ...), the requested backend and the one in force."""
-    return kind, requested, current_backend()
+    the call (tensor counts, dtypes, device type, ...), the requested backend and, when none is requested, the one
+    in force (``select`` reads it only then)."""
+    return kind, requested, None if requested else current_backend()
 
 
 def remembered_choice(key: tuple) -> Optional[Tuple[Backend, Callable[..., None]]]:

@@ -258,7 +258,7 @@ class SamplingContext:
         (``denoise`` and ``draw_injected_noise`` check model outputs and injected noise) and ``outs`` are buffers
         of this run, so only contiguity and the coefficients need checking again. ``coeffs``: the flattened
         (len(outs), N + K) matrix."""
-        key = (len(inputs), len(outs), num_noise, tuple(t.dtype for t in inputs))
+        key = (len(inputs), len(outs), num_noise, tuple([t.dtype for t in inputs]))
         chosen = self._backends.get(key)
         if chosen is None:
             process_key = registry.choice_key(key + (self.dtype, self.device.type), self.backend)
@@ -272,7 +272,7 @@ class SamplingContext:
                 backend.run(call)
                 return
             self._backends[key] = chosen
-        if not all(math.isfinite(c) for c in coeffs):
+        if not math.isfinite(sum(coeffs)) and not all(math.isfinite(c) for c in coeffs):  # sum: the cheap test
             raise ValueError(f"non-finite step coefficients {coeffs}: check the sigmas and solver options")
         for t in inputs:
             if not t.is_contiguous():
