@@ -157,3 +157,48 @@ def test_nan_from_the_network_is_still_reported():
     for check in ("end", "step"):
         with pytest.raises(FloatingPointError):
             fastint.sample(adapter, x, sigmas, "dpmpp_2m", check_finite=check)
+
+
+@pytest.mark.parametrize("solver,opts", [s for s in FAST_SOLVERS if not s[1].get("s_churn")])
+def test_planned_loop_equals_the_generic_deferred_loop(solver, opts):
+    """Without a callback the whole loop is planned (``linear.run_linear``); with one, the generic loop runs
+    (``denoise_terms`` + ``combine``). Both give the same samples, for every prediction type."""
+    x, sigmas = _setup(F64)
+    for name, adapter in _adapters(Network()).items():
+        planned = fastint.sample(adapter, x, sigmas, solver, seed=3, backend="eager", **opts)
+        generic = fastint.sample(adapter, x, sigmas, solver, seed=3, backend="eager", callback=lambda d: None,
+                                 **opts)
+        torch.testing.assert_close(planned, generic, rtol=1e-11, atol=1e-11, msg=name)
+
+
+def test_planned_loop_memo_follows_the_sigmas_the_options_and_the_adapter():
+    """The steps and coefficients memoised per (solver, options, sigmas) and adapter never leak into another run."""
+    x, _ = _setup(F64)
+    ab = _ab()
+    for n in (8, 5, 8):
+        sigmas = vp_discrete(ab, n, spacing="linspace").sigmas
+        for eta in (1.0, 0.5):
+            for kind in ("epsilon", "v_prediction"):
+                adapter = DiscreteVPDenoiser(Network(), ab, prediction_type=kind, quantize=False)
+                got = fastint.sample(adapter, x, sigmas, "dpmpp_2m_sde", seed=1, eta=eta, backend="eager")
+                want = fastint.sample(_plain(adapter), x, sigmas, "dpmpp_2m_sde", seed=1, eta=eta, backend="eager")
+                torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-11)
+
+
+def test_planned_loop_with_odd_layouts_and_dtypes():
+    """A non-contiguous initial state, a non-contiguous network output, and network outputs in float64 or float16
+    for a float32 state: the same samples as the plain path (which converts D to the state's dtype)."""
+    _, sigmas = _setup(torch.float32)
+    x = (torch.randn(7, 2, 3, generator=torch.Generator().manual_seed(5)) * float(sigmas[0])).permute(2, 1, 0)
+    net = Network()
+    layouts = {"transposed": lambda x, t: net(x, t).transpose(0, 2).contiguous().transpose(0, 2),
+               "float64": lambda x, t: net(x.double(), t),
+               "float16": lambda x, t: net(x, t).half()}
+    for name, fn in layouts.items():
+        adapter = DiscreteVPDenoiser(fn, _ab())
+        want = fastint.sample(_plain(adapter), x.contiguous(), sigmas, "dpmpp_2m", backend="eager")
+        for backend in [b["name"] for b in fastint.list_backends() if b["available"] and b["name"] in ("cpp", "eager")]:
+            got = fastint.sample(adapter, x, sigmas, "dpmpp_2m", backend=backend)
+            assert got.dtype == torch.float32 and got.is_contiguous()
+            tol = 2e-3 if name == "float16" else 2e-5
+            assert (got - want).abs().max() <= tol * want.abs().max(), (name, backend)

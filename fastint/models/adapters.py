@@ -152,24 +152,35 @@ class _Adapter:
     def network_output(self, model_input: torch.Tensor, t: float, x: torch.Tensor, **extra_args) -> torch.Tensor:
         """``F``: the network at ``model_input`` (= c_in x~) and the timestep ``t`` of ``host_plan``, unwrapped and
         checked against ``x``'s shape."""
-        return _unwrap(type(self).__name__, self.inner_model(model_input, self._timesteps(x, t), **extra_args), x)
+        return _unwrap(type(self).__name__, self.inner_model(model_input, self.timesteps(x, t), **extra_args), x)
 
-    def _timesteps(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        """The timestep batch (a fill). On the CPU it is cached per (t, dtype, batch): the same tensor is handed to
-        the network again as long as its version counter shows it unmodified (it is made outside inference mode so
-        that it has one); a network that writes into it gets a fresh one next time."""
-        dtype = self._timestep_dtype(x)
+    def network(self, model_input: torch.Tensor, t_batch: torch.Tensor, x: torch.Tensor, **extra_args):
+        """``network_output`` with the timestep batch already made (``timesteps``)."""
+        return _unwrap(type(self).__name__, self.inner_model(model_input, t_batch, **extra_args), x)
+
+    def timesteps(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """The timestep batch (a fill) for state ``x`` and the timestep ``t`` of ``host_plan``. On the CPU it is
+        cached per (t, dtype, batch): the same tensor is handed to the network again as long as its version counter
+        shows it unmodified (it is made outside inference mode so that it has one); a network that writes into it
+        gets a fresh one next time."""
+        return self.timestep_batches(x, [t])[0]
+
+    def timestep_batches(self, x: torch.Tensor, ts) -> list:
+        """``[timesteps(x, t) for t in ts]``, the dtype and device looked up once."""
+        dtype, batch = self._timestep_dtype(x), x.shape[0]
         if x.device.type != "cpu":
-            return torch.full((x.shape[0],), t, dtype=dtype, device=x.device)
-        key = (t, dtype, x.shape[0])
-        hit = self._timestep_cache.get(key)
-        if hit is not None and hit[0]._version == hit[1]:
-            return hit[0]
-        with torch.inference_mode(False):
-            batch = torch.full((x.shape[0],), t, dtype=dtype)
-        if len(self._timestep_cache) < _PLAN_CACHE or key in self._timestep_cache:
-            self._timestep_cache[key] = (batch, batch._version)
-        return batch
+            return [torch.full((batch,), t, dtype=dtype, device=x.device) for t in ts]
+        cache, out = self._timestep_cache, []
+        for t in ts:
+            hit = cache.get((t, dtype, batch))
+            if hit is None or hit[0]._version != hit[1]:
+                with torch.inference_mode(False):
+                    tensor = torch.full((batch,), t, dtype=dtype)
+                if len(cache) < _PLAN_CACHE or (t, dtype, batch) in cache:
+                    cache[(t, dtype, batch)] = (tensor, tensor._version)
+                hit = (tensor,)
+            out.append(hit[0])
+        return out
 
     def denoise_at(self, x: torch.Tensor, sigma: float, **extra_args) -> torch.Tensor:
         """``D(x, sigma)`` for one host float ``sigma`` shared by the batch (the sampling loop's call).

@@ -66,6 +66,10 @@ class Solver:
                 raise ValueError(f"solver {self.name!r}: option {key}={value!r} is invalid: {self.options[key].valid}")
             self.config[key] = value
 
+    def key(self) -> tuple:
+        """The solver and its options, hashable (memo keys)."""
+        return (type(self),) + tuple(sorted(self.config.items()))
+
     def uses_noise(self) -> bool:
         """Whether this configured solver draws noise (stochastic solvers with eta = 0 or s_noise = 0 do not)."""
         return self.stochastic and self.config.get("eta", 1) != 0 and self.config.get("s_noise", 1) != 0
@@ -250,14 +254,15 @@ class SamplingContext:
             buffer = self._network_input = torch.empty(self.shape, dtype=self.dtype, device=self.device)
         return buffer
 
-    def _fused_step(self, inputs, coeffs, num_noise, seeds, counter, outs) -> None:
+    def _fused_step(self, inputs, coeffs, num_noise, seeds, counter, outs) -> Callable[..., None]:
         """The op call with the per-call Python cost kept small: the first call of each kind (inputs, outputs, noise
         streams, dtypes, device type, backend request) in the process is fully validated and picks the backend
         (``registry.remember_choice``); later calls of that kind reuse the choice and go straight to the backend's
         op (``Backend.raw``). Every input is state-shaped on the state's device
         (``denoise`` and ``draw_injected_noise`` check model outputs and injected noise) and ``outs`` are buffers
         of this run, so only contiguity and the coefficients need checking again. ``coeffs``: the flattened
-        (len(outs), N + K) matrix."""
+        (len(outs), N + K) matrix. Returns the raw op that calls of this kind run on (``linear.run_linear`` calls it
+        directly for later calls it has checked itself)."""
         key = (len(inputs), len(outs), num_noise, tuple([t.dtype for t in inputs]))
         chosen = self._backends.get(key)
         if chosen is None:
@@ -268,9 +273,9 @@ class SamplingContext:
                 call = validate(inputs, [coeffs[m * width:(m + 1) * width] for m in range(len(outs))], outs, seeds,
                                 counter, num_noise)
                 backend = registry.select(call, self.backend)
-                self._backends[key] = registry.remember_choice(process_key, backend)
+                chosen = self._backends[key] = registry.remember_choice(process_key, backend)
                 backend.run(call)
-                return
+                return chosen[1]
             self._backends[key] = chosen
         if not math.isfinite(sum(coeffs)) and not all(math.isfinite(c) for c in coeffs):  # sum: the cheap test
             raise ValueError(f"non-finite step coefficients {coeffs}: check the sigmas and solver options")
@@ -279,3 +284,4 @@ class SamplingContext:
                 inputs = [t if t.is_contiguous() else t.contiguous() for t in inputs]
                 break
         chosen[1](outs, inputs, coeffs, seeds, counter, num_noise)
+        return chosen[1]

@@ -14,7 +14,8 @@ h_1, h_2 and data predictions D_1, D_2. The first-order part of every method is
          The second step uses + phi_2 (D - D_1)/r0. The first step is first order.
 A step to sigma = 0 returns D. Each step is one fused-op call reading (x, D, D_1[, D_2]) [+ one noise stream]; with
 a fastint adapter each D enters as its parts ``c_skip x + c_out F`` (``SamplingContext.denoise_terms``: the inputs
-are x, F, x_1, F_1[, x_2, F_2]) and the same call writes the next network input ``c_in x_t``.
+are x, F, x_1, F_1[, x_2, F_2]) and the same call writes the next network input ``c_in x_t``; without a callback,
+progress bar or injected noise the whole loop is planned before it starts (``linear.run_linear``).
 """
 
 import math
@@ -22,6 +23,7 @@ import math
 from ..ops.contract import MAX_INPUTS
 from .base import Option, Solver, non_negative, one_of, scaled
 from .coefficients import log_step
+from .linear import LinearStep, plannable, run_linear
 
 NOISE_OPTIONS = {"eta": Option(1.0, non_negative, "a finite number >= 0"),
                  "s_noise": Option(1.0, non_negative, "a finite number >= 0")}
@@ -41,7 +43,32 @@ class _Multistep(Solver):
         is a term list (``SamplingContext.denoise_terms``)."""
         raise NotImplementedError
 
+    def linear_steps(self, ctx):
+        """The steps as ``LinearStep``s (``run_linear``): the same coefficients as ``run``, D_{i-j} by index j."""
+        eta, s_noise = self.eta(), self.config.get("s_noise", 1.0)
+        width = self.order_of_history + 1
+        steps, history = [], []          # history: [(h_k, index of D_k)], newest first
+        for i in range(ctx.steps):
+            s, t = ctx.sigmas[i], ctx.sigmas[i + 1]
+            d = [0.0] * width
+            if t == 0:
+                d[0] = 1.0
+                steps.append(LinearStep(0.0, d, 0.0))
+                continue
+            h = log_step(s, t)
+            h_eta = (1 + eta) * h
+            d[0] = -math.expm1(-h_eta)
+            for coef, j in self.correction(h, h_eta, history, 0):
+                d[j] += coef
+            noise = t * math.sqrt(-math.expm1(-2 * eta * h)) * s_noise if eta > 0 and s_noise > 0 else 0.0
+            steps.append(LinearStep((t / s) * math.exp(-eta * h), d, noise))
+            history = ([(h, 0)] + history)[:self.order_of_history]
+            history = [(h_k, j + 1) for h_k, j in history]
+        return steps
+
     def run(self, ctx, x):
+        if plannable(ctx):
+            return run_linear(ctx, x, self.key(), lambda: self.linear_steps(ctx))
         eta = self.eta()
         s_noise = self.config.get("s_noise", 1.0)
         noisy = eta > 0 and s_noise > 0

@@ -9,12 +9,14 @@ With ``d = (x - D(x, s)) / s`` the probability-flow ODE is ``dx/dsigma = d``. A 
 
 Every line above is one fused-op call; Heun's correction reads (x_hat, D, x_2, D_2). Euler takes D as the parts
 ``c_skip x + c_out F`` of a fastint adapter (``SamplingContext.denoise_terms``) and its step also writes the next
-network input ``c_in x_t`` when the next step has no churn.
+network input ``c_in x_t`` when the next step has no churn; without churn, callback, progress bar or injected noise
+the whole loop is planned before it starts (``linear.run_linear``).
 """
 
 import math
 
 from .base import Option, Solver, non_negative, scaled
+from .linear import LinearStep, plannable, run_linear
 
 CHURN_OPTIONS = {
     "s_churn": Option(0.0, non_negative, "a finite number >= 0"),
@@ -57,6 +59,9 @@ class Euler(_ChurnedSolver):
     summary = "EDM Euler on the probability-flow ODE (= DDIM), optional churn"
 
     def run(self, ctx, x):
+        if all(self.gamma(ctx, i) <= 0 for i in range(ctx.steps)) and plannable(ctx):
+            return run_linear(ctx, x, self.key(), lambda: [LinearStep(t / s, (1 - t / s,), 0.0)
+                                                           for s, t in zip(ctx.sigmas[:-1], ctx.sigmas[1:])])
         for i in range(ctx.steps):
             x, s_hat = self.churn(ctx, x, i)
             denoised = ctx.denoise_terms(x, s_hat)
