@@ -9,17 +9,24 @@
 
 #include "ops.h"
 #include "philox.h"
+#include "python_entry.h"
 
 #ifndef FASTINT_TORCH_VERSION
 #define FASTINT_TORCH_VERSION "unknown"
 #endif
 
 extern "C" {
-// `import fastint._C` loads this library so that the static TORCH_LIBRARY registrations run; the module itself is
-// empty (no pybind11: the ops are reached through torch.ops.fastint).
+// `import fastint._C` loads this library so that the static TORCH_LIBRARY registrations run; the ops are reached
+// through torch.ops.fastint, and the module has one function, the fast Python entry `fused_step`
+// (python_entry.cpp).
 PyObject* PyInit__C(void) {
+  static PyMethodDef methods[] = {
+      {"fused_step", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(&fastint::fused_step_fastcall)),
+       METH_FASTCALL, "fused_step(outs, inputs, coeffs, seeds, counter, num_noise): torch.ops.fastint.fused_step "
+                      "without the boxed argument path"},
+      {nullptr, nullptr, 0, nullptr}};
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "fastint compiled kernels (torch.ops.fastint)",
-                                          -1, nullptr};
+                                          -1, methods};
   PyObject* module = PyModule_Create(&module_def);
   if (module != nullptr) {
     PyModule_AddStringConstant(module, "TORCH_VERSION", FASTINT_TORCH_VERSION);

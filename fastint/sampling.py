@@ -38,7 +38,7 @@ def per_sample_seeds(seed: SeedLike, batch: int, device: torch.device) -> torch.
     if isinstance(seed, int):
         if not -2 ** 63 <= seed <= 2 ** 63 - 1 - batch:
             raise ValueError("seed must fit in int64")
-        return torch.arange(batch, dtype=torch.int64).add_(seed).to(device)
+        return torch.arange(seed, seed + batch, dtype=torch.int64, device=device)
     seeds = torch.as_tensor(seed)
     if seeds.dtype.is_floating_point or seeds.dtype == torch.bool or seeds.dim() != 1:
         raise TypeError("per-sample seeds must be a 1-D sequence or tensor of integers")

@@ -226,3 +226,25 @@ def test_vp_discrete_bad_inputs():
         schedules.vp_discrete(ab, 999, "leading", steps_offset=1)  # 999 + 1 is out of range
     with pytest.raises(TypeError, match="alphas_cumprod"):
         schedules.vp_discrete(["a", "b"], 1)
+
+
+def test_vp_discrete_revalidates_alphas_modified_in_place_and_returns_fresh_tensors():
+    """A float64 alphas_cumprod that passed is not checked again while unmodified; an in-place write (version
+    counter) makes the next call check it again. Every call returns tensors of its own."""
+    ab = schedules.alphas_cumprod_from_betas(schedules.betas_linear(dtype=torch.float64))
+    first = schedules.vp_discrete(ab, 10, "linspace")
+    second = schedules.vp_discrete(ab, 10, "linspace")
+    assert torch.equal(first.sigmas, second.sigmas) and torch.equal(first.timesteps, second.timesteps)
+    second.sigmas.mul_(2)
+    second.timesteps.add_(1)
+    third = schedules.vp_discrete(ab, 10, "linspace")
+    assert torch.equal(third.sigmas, first.sigmas) and torch.equal(third.timesteps, first.timesteps)
+    ab[5] = 2.0
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        schedules.vp_discrete(ab, 10, "linspace")
+    with torch.inference_mode():  # an inference tensor has no version counter: checked every time
+        frozen = schedules.alphas_cumprod_from_betas(schedules.betas_linear(dtype=torch.float64))
+        schedules.vp_discrete(frozen, 10)
+        frozen[3] = math.nan
+        with pytest.raises(ValueError, match=r"\(0, 1\]"):
+            schedules.vp_discrete(frozen, 10)

@@ -38,6 +38,7 @@ __all__ = ["DiscreteVPDenoiser", "ContinuousVPDenoiser", "VEDenoiser", "FlowDeno
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow")
 _ALIASES = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
+_PLAN_CACHE = 4096  # memoised host plans / cached CPU timestep batches per adapter (a schedule's worth, many times)
 
 
 def _prediction_type(name: str, prediction_type: str, allowed=PREDICTION_TYPES) -> str:
@@ -103,6 +104,7 @@ class _Adapter:
             raise TypeError(f"{type(self).__name__}: model must be callable")
         self.inner_model = model
         self.prediction_type = _prediction_type(type(self).__name__, prediction_type, allowed)
+        self._plans, self._timestep_cache = {}, {}
 
     def _coefficients(self, sigma: torch.Tensor):  # -> alpha, sigma_model, model timestep; sigma is (batch,)
         raise NotImplementedError
@@ -131,6 +133,55 @@ class _Adapter:
     def _timestep_dtype(self, x: torch.Tensor) -> torch.dtype:
         return _compute_dtype(x)
 
+    def host_plan(self, sigma: float) -> Optional[Tuple[float, float, float, float]]:
+        """``(c_in, c_skip, c_out, t)`` at a host float sigma~ (float64, memoised per sigma), or None when this
+        adapter has no host path: the network sees ``c_in x~`` at timestep ``t`` and ``D = c_skip x~ + c_out F``
+        (``c_in`` = alpha; "sample": c_skip = 0, c_out = 1)."""
+        plan = self._plans.get(sigma)
+        if plan is None:
+            coefficients = self._host_coefficients(sigma)
+            if coefficients is None:
+                return None
+            alpha, sig, t = coefficients
+            c_skip, c_out = skip_and_out(self.prediction_type, alpha, sig)
+            plan = (alpha, float(c_skip), float(c_out), t)
+            if len(self._plans) < _PLAN_CACHE:
+                self._plans[sigma] = plan
+        return plan
+
+    def network_output(self, model_input: torch.Tensor, t: float, x: torch.Tensor, **extra_args) -> torch.Tensor:
+        """``F``: the network at ``model_input`` (= c_in x~) and the timestep ``t`` of ``host_plan``, unwrapped and
+        checked against ``x``'s shape."""
+        return _unwrap(type(self).__name__, self.inner_model(model_input, self.timesteps(x, t), **extra_args), x)
+
+    def network(self, model_input: torch.Tensor, t_batch: torch.Tensor, x: torch.Tensor, **extra_args):
+        """``network_output`` with the timestep batch already made (``timesteps``)."""
+        return _unwrap(type(self).__name__, self.inner_model(model_input, t_batch, **extra_args), x)
+
+    def timesteps(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """The timestep batch (a fill) for state ``x`` and the timestep ``t`` of ``host_plan``. On the CPU it is
+        cached per (t, dtype, batch): the same tensor is handed to the network again as long as its version counter
+        shows it unmodified (it is made outside inference mode so that it has one); a network that writes into it
+        gets a fresh one next time."""
+        return self.timestep_batches(x, [t])[0]
+
+    def timestep_batches(self, x: torch.Tensor, ts) -> list:
+        """``[timesteps(x, t) for t in ts]``, the dtype and device looked up once."""
+        dtype, batch = self._timestep_dtype(x), x.shape[0]
+        if x.device.type != "cpu":
+            return [torch.full((batch,), t, dtype=dtype, device=x.device) for t in ts]
+        cache, out = self._timestep_cache, []
+        for t in ts:
+            hit = cache.get((t, dtype, batch))
+            if hit is None or hit[0]._version != hit[1]:
+                with torch.inference_mode(False):
+                    tensor = torch.full((batch,), t, dtype=dtype)
+                if len(cache) < _PLAN_CACHE or (t, dtype, batch) in cache:
+                    cache[(t, dtype, batch)] = (tensor, tensor._version)
+                hit = (tensor,)
+            out.append(hit[0])
+        return out
+
     def denoise_at(self, x: torch.Tensor, sigma: float, **extra_args) -> torch.Tensor:
         """``D(x, sigma)`` for one host float ``sigma`` shared by the batch (the sampling loop's call).
 
@@ -142,16 +193,17 @@ class _Adapter:
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0:
             raise ValueError(f"{name}.denoise_at: sigma must be a finite number >= 0 (a host float), got {sigma!r}")
         sigma = float(sigma)
-        coefficients = self._host_coefficients(sigma)
-        if coefficients is None:
+        plan = self.host_plan(sigma)
+        if plan is None:
             return self(x, torch.full((x.shape[0],), sigma, dtype=_compute_dtype(x), device=x.device), **extra_args)
-        alpha, sig, t = coefficients
-        t_batch = torch.full((x.shape[0],), t, dtype=self._timestep_dtype(x), device=x.device)
-        model_input = x if alpha == 1.0 else x * alpha
-        out = _unwrap(name, self.inner_model(model_input, t_batch, **extra_args), x)
+        c_in, c_skip, c_out, t = plan
+        out = self.network_output(x if c_in == 1.0 else x * c_in, t, x, **extra_args)
+        return self.to_state(x, out, c_skip, c_out)
+
+    def to_state(self, x: torch.Tensor, out: torch.Tensor, c_skip: float, c_out: float) -> torch.Tensor:
+        """``c_skip x + c_out out`` in ``x``'s dtype (computed in float32 for 16-bit states unless c_skip is 0/1)."""
         if self.prediction_type == "sample":
             return out if out.dtype == x.dtype else out.to(x.dtype)
-        c_skip, c_out = skip_and_out(self.prediction_type, alpha, sig)
         if c_skip == 1.0:
             denoised = torch.add(x, out, alpha=c_out)
         elif x.element_size() < 4:

@@ -6,6 +6,8 @@ make the backends unavailable with that reason. Loading never initialises CUDA.
 
 The op ``torch.ops.fastint.fused_step(outs, inputs, coeffs, seeds, counter, num_noise)`` is defined in C++
 (``csrc/ops.cpp``); its fake (meta) implementation is registered here, so ``torch.compile`` sees one opaque op.
+``fastint._C.fused_step`` is a faster Python entry to the same op (CPython argument parsing, typed dispatcher
+call) that the sampling loop uses for calls of a kind already validated (``Backend.raw``).
 ``FASTINT_DISABLE_EXT=1`` skips the extension at run time.
 """
 
@@ -135,14 +137,21 @@ def _probe_cuda() -> Optional[str]:
 
 
 def _run(call: FusedStepCall) -> None:
-    torch.ops.fastint.fused_step(call.outs, call.inputs, call.coeffs, call.seeds, call.counter, call.num_noise)
+    torch.ops.fastint.fused_step.default(call.outs, call.inputs, call.coeffs, call.seeds, call.counter,
+                                         call.num_noise)
+
+
+def _raw():
+    """``fastint._C.fused_step`` (the same op without the boxed argument path, ``csrc/python_entry.cpp``); the
+    dispatcher overload for a build that predates it."""
+    return getattr(module(), "fused_step", None) or torch.ops.fastint.fused_step.default
 
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 registry.register(registry.Backend(
     name="cpp", description="compiled C++ CPU kernel (at::parallel_for, SIMD Philox + SLEEF Box-Muller)",
-    devices=("cpu",), dtypes=_DTYPES, probe=_probe_cpp, run=_run))
+    devices=("cpu",), dtypes=_DTYPES, probe=_probe_cpp, run=_run, raw=_raw))
 registry.register(registry.Backend(
     name="cuda", description="compiled CUDA kernel (vectorised loads, grid-stride, in-kernel Philox)",
-    devices=("cuda",), dtypes=_DTYPES, probe=_probe_cuda, run=_run))
+    devices=("cuda",), dtypes=_DTYPES, probe=_probe_cuda, run=_run, raw=_raw))

@@ -25,7 +25,9 @@ class Backend:
     """One implementation of the fused op.
 
     ``probe`` returns None when the backend can run in this process, else the reason it cannot (called once).
-    ``run`` executes a validated call. ``dtypes`` and ``devices`` declare what it supports.
+    ``run`` executes a validated call. ``dtypes`` and ``devices`` declare what it supports. ``raw``, when given,
+    returns the op itself as ``f(outs, inputs, coeffs, seeds, counter, num_noise)`` (used once the backend is
+    available), so that a caller repeating an already validated kind of call skips building a ``FusedStepCall``.
     """
 
     name: str
@@ -34,6 +36,7 @@ class Backend:
     dtypes: Tuple[torch.dtype, ...]
     probe: Callable[[], Optional[str]]
     run: Callable[[FusedStepCall], None]
+    raw: Optional[Callable[[], Callable[..., None]]] = None
     _reason: Optional[str] = field(default=None, init=False)
     _probed: bool = field(default=False, init=False)
 
@@ -45,6 +48,12 @@ class Backend:
                 self._reason = f"probe failed: {exc!r}"
             self._probed = True
         return self._reason
+
+    def raw_op(self) -> Callable[..., None]:
+        """``f(outs, inputs, coeffs, seeds, counter, num_noise)`` running a call of a kind already validated."""
+        if self.raw is not None:
+            return self.raw()
+        return lambda *args: self.run(FusedStepCall(*args))
 
     def cannot_run(self, call: FusedStepCall) -> Optional[str]:
         """None if this backend can execute ``call``, else why not."""
@@ -62,11 +71,32 @@ class Backend:
 _BACKENDS: Dict[str, Backend] = {}
 _state = threading.local()
 _env_warned = set()
+_CHOICES: Dict[tuple, Tuple[Backend, Callable[..., None]]] = {}  # see remember_choice
 
 
 def register(backend: Backend) -> Backend:
     _BACKENDS[backend.name] = backend
+    _CHOICES.clear()
     return backend
+
+
+def choice_key(kind: tuple, requested: Optional[str]) -> tuple:
+    """The key under which ``remember_choice`` stores the backend for a kind of call: the caller's description of
+    the call (tensor counts, dtypes, device type, ...), the requested backend and, when none is requested, the one
+    in force (``select`` reads it only then)."""
+    return kind, requested, None if requested else current_backend()
+
+
+def remembered_choice(key: tuple) -> Optional[Tuple[Backend, Callable[..., None]]]:
+    """``(backend, raw op)`` chosen earlier in this process for ``key``, or None."""
+    return _CHOICES.get(key)
+
+
+def remember_choice(key: tuple, backend: Backend) -> Tuple[Backend, Callable[..., None]]:
+    """Record that calls described by ``key`` (one of them validated and ``select``-ed) run on ``backend``, so that
+    later sampling runs skip the validation and the selection for that kind (``register`` forgets every choice)."""
+    choice = _CHOICES[key] = (backend, backend.raw_op())
+    return choice
 
 
 def get(name: str) -> Backend:

@@ -6,6 +6,7 @@ Nothing here reads device values, so a sampling loop never synchronises with the
 """
 
 import math
+import sys
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -13,9 +14,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..ops import registry
-from ..ops.contract import FusedStepCall, validate
+from ..ops.contract import validate
 
 Term = Tuple[float, torch.Tensor]
+
+
+def scaled(coef: float, terms: Sequence[Term]) -> List[Term]:
+    """``coef * sum(c t)`` as terms."""
+    return [(coef * c, t) for c, t in terms]
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,10 @@ class Solver:
                 raise ValueError(f"solver {self.name!r}: option {key}={value!r} is invalid: {self.options[key].valid}")
             self.config[key] = value
 
+    def key(self) -> tuple:
+        """The solver and its options, hashable (memo keys)."""
+        return (type(self),) + tuple(sorted(self.config.items()))
+
     def uses_noise(self) -> bool:
         """Whether this configured solver draws noise (stochastic solvers with eta = 0 or s_noise = 0 do not)."""
         return self.stochastic and self.config.get("eta", 1) != 0 and self.config.get("s_noise", 1) != 0
@@ -98,8 +108,11 @@ class SamplingContext:
         self.shape, self.dtype, self.device = x.shape, x.dtype, x.device
         self.nfe = 0
         self._denoise_at = getattr(model, "denoise_at", None)
+        self._host_plan = getattr(model, "host_plan", None) if self._denoise_at is not None else None
+        self._staged: Optional[Tuple[torch.Tensor, float, torch.Tensor]] = None
+        self._network_input: Optional[torch.Tensor] = None
         self._owned: Dict[int, weakref.ref] = {}
-        self._backends: Dict[Tuple, registry.Backend] = {}
+        self._backends: Dict[Tuple, Tuple[registry.Backend, Callable]] = {}
 
     @property
     def steps(self) -> int:
@@ -114,6 +127,32 @@ class SamplingContext:
         else:
             sigma_batch = torch.full((self.shape[0],), sigma, dtype=self.dtype, device=self.device)
             out = self.model(x, sigma_batch, **self.extra_args)
+        return self._checked(out, sigma)
+
+    def denoise_terms(self, x: torch.Tensor, sigma: float) -> List[Term]:
+        """D(x, sigma) as terms for ``combine``, so that the model-output -> x0 conversion costs no op of its own.
+
+        A fastint adapter with a host path (``host_plan``) gives ``D = c_skip x + c_out F`` with F the network output
+        at ``c_in x``: the terms ``[(c_skip, x), (c_out, F)]`` (F in x's dtype; otherwise D is converted as by
+        ``denoise``). When the fused step that made ``x`` was told ``next_sigma=sigma``, its second output already
+        holds ``c_in x``. Any other model: ``[(1.0, D)]``. The terms reference ``x``: a solver that keeps them must
+        not overwrite ``x`` in place (see ``reusable``).
+        """
+        plan = self._host_plan(sigma) if self._host_plan is not None else None
+        if plan is None:
+            return [(1.0, self.denoise(x, sigma))]
+        c_in, c_skip, c_out, t = plan
+        staged, self._staged = self._staged, None
+        if staged is not None and staged[0] is x and staged[1] == sigma:
+            model_input = staged[2]
+        else:
+            model_input = x if c_in == 1.0 else x * c_in
+        out = self._checked(self.model.network_output(model_input, t, x, **self.extra_args), sigma)
+        if out.dtype != x.dtype:
+            return [(1.0, self.model.to_state(x, out, c_skip, c_out))]
+        return [(c_skip, x), (c_out, out)]
+
+    def _checked(self, out, sigma: float) -> torch.Tensor:
         self.nfe += 1
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"the model returned {type(out).__name__}, expected a tensor shaped like x")
@@ -125,9 +164,17 @@ class SamplingContext:
                                      "contains NaN or Inf")
         return out
 
-    def report(self, i: int, x: torch.Tensor, sigma: float, sigma_hat: float, denoised: torch.Tensor) -> None:
-        """k-diffusion-style callback and progress bar, once per step."""
+    def materialize(self, terms: Sequence[Term]) -> torch.Tensor:
+        """The tensor ``sum c t`` of ``terms`` (the tensor itself for ``[(1.0, t)]``)."""
+        if len(terms) == 1 and terms[0][0] == 1.0:
+            return terms[0][1]
+        return self.combine(terms)
+
+    def report(self, i: int, x: torch.Tensor, sigma: float, sigma_hat: float, denoised) -> None:
+        """k-diffusion-style callback and progress bar, once per step (``denoised``: a tensor or terms)."""
         if self.callback is not None:
+            if not isinstance(denoised, torch.Tensor):
+                denoised = self.materialize(denoised)
             self.callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma_hat, "denoised": denoised})
         if self.progress_bar is not None:
             self.progress_bar.update(1)
@@ -151,14 +198,24 @@ class SamplingContext:
         return ref is not None and ref() is tensor
 
     # -- the fused op ------------------------------------------------------------------------------------------
+    def reusable(self, candidates: Sequence[torch.Tensor], keep: Sequence[Sequence[Term]]) -> Optional[torch.Tensor]:
+        """The first of ``candidates`` that no term list in ``keep`` references (a buffer ``combine`` may overwrite
+        in place once the step has read it), or None."""
+        live = {id(t) for terms in keep for _, t in terms}
+        return next((c for c in candidates if id(c) not in live), None)
+
     def combine(self, terms: Sequence[Term], noise: Optional[Tuple[NoiseEvent, Sequence[float]]] = None,
-                inplace: Optional[torch.Tensor] = None) -> torch.Tensor:
+                inplace: Optional[torch.Tensor] = None, next_sigma: Optional[float] = None) -> torch.Tensor:
         """``sum c_i t_i + sum_k c_k z_k`` in one fused-op call.
 
         ``noise`` is ``(event, [c_0, ..., c_{K-1}])`` for streams 0..K-1 of the event. ``inplace`` names a state
         buffer to overwrite; it is only overwritten when this sampling run allocated it (the caller's tensors and
-        model outputs are never written), else a new buffer is returned.
+        model outputs are never written), else a new buffer is returned. ``next_sigma``: the model is evaluated at
+        the result and that sigma next; with a fastint adapter whose input scale there is ``c_in != 1`` the same
+        call also writes ``c_in * result`` (a second coefficient row ``c_in C``), which ``denoise_terms`` then
+        hands to the network instead of computing it.
         """
+        self._staged = None
         merged: Dict[int, List] = {}
         for coef, tensor in terms:
             entry = merged.setdefault(id(tensor), [0.0, tensor])
@@ -179,23 +236,52 @@ class SamplingContext:
         if out is None:
             out = torch.empty(self.shape, dtype=self.dtype, device=self.device)
             self._owned[id(out)] = weakref.ref(out)
-        self._fused_step(inputs, coeffs, num_noise, seeds, counter, out)
+        outs = [out]
+        plan = self._host_plan(next_sigma) if next_sigma is not None and self._host_plan is not None else None
+        if plan is not None and plan[0] != 1.0:
+            outs.append(self._input_buffer())
+            coeffs += [plan[0] * c for c in coeffs]
+        self._fused_step(inputs, coeffs, num_noise, seeds, counter, outs)
+        if len(outs) == 2:
+            self._staged = (out, next_sigma, outs[1])
         return out
 
-    def _fused_step(self, inputs, coeffs, num_noise, seeds, counter, out) -> None:
-        """The op call with the per-call Python cost kept small: the first call of each kind (inputs, noise
-        streams, dtypes) is fully validated and picks the backend; later calls of that kind reuse the choice.
-        Every input is state-shaped on the state's device (``denoise`` and ``draw_injected_noise`` check model
-        outputs and injected noise) and ``out`` is a buffer of this run, so only contiguity and the coefficients
-        need checking again."""
-        key = (len(inputs), num_noise, tuple(t.dtype for t in inputs))
-        backend = self._backends.get(key)
-        if backend is None:
-            call = validate(inputs, [coeffs], out, seeds, counter, num_noise)
-            backend = self._backends[key] = registry.select(call, self.backend)
-        else:
-            if not all(math.isfinite(c) for c in coeffs):
-                raise ValueError(f"non-finite step coefficients {coeffs}: check the sigmas and solver options")
-            inputs = [t if t.is_contiguous() else t.contiguous() for t in inputs]
-            call = FusedStepCall([out], inputs, coeffs, seeds, counter, num_noise)
-        backend.run(call)
+    def _input_buffer(self) -> torch.Tensor:
+        """A buffer for the next network input: last step's when nothing but this context references it any more
+        (the network kept no reference and did not return it), else a fresh one."""
+        buffer = self._network_input
+        if buffer is None or sys.getrefcount(buffer) > 3:  # self._network_input, `buffer`, getrefcount's argument
+            buffer = self._network_input = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+        return buffer
+
+    def _fused_step(self, inputs, coeffs, num_noise, seeds, counter, outs) -> Callable[..., None]:
+        """The op call with the per-call Python cost kept small: the first call of each kind (inputs, outputs, noise
+        streams, dtypes, device type, backend request) in the process is fully validated and picks the backend
+        (``registry.remember_choice``); later calls of that kind reuse the choice and go straight to the backend's
+        op (``Backend.raw``). Every input is state-shaped on the state's device
+        (``denoise`` and ``draw_injected_noise`` check model outputs and injected noise) and ``outs`` are buffers
+        of this run, so only contiguity and the coefficients need checking again. ``coeffs``: the flattened
+        (len(outs), N + K) matrix. Returns the raw op that calls of this kind run on (``linear.run_linear`` calls it
+        directly for later calls it has checked itself)."""
+        key = (len(inputs), len(outs), num_noise, tuple([t.dtype for t in inputs]))
+        chosen = self._backends.get(key)
+        if chosen is None:
+            process_key = registry.choice_key(key + (self.dtype, self.device.type), self.backend)
+            chosen = registry.remembered_choice(process_key)
+            if chosen is None:
+                width = len(coeffs) // len(outs)
+                call = validate(inputs, [coeffs[m * width:(m + 1) * width] for m in range(len(outs))], outs, seeds,
+                                counter, num_noise)
+                backend = registry.select(call, self.backend)
+                chosen = self._backends[key] = registry.remember_choice(process_key, backend)
+                backend.run(call)
+                return chosen[1]
+            self._backends[key] = chosen
+        if not math.isfinite(sum(coeffs)) and not all(math.isfinite(c) for c in coeffs):  # sum: the cheap test
+            raise ValueError(f"non-finite step coefficients {coeffs}: check the sigmas and solver options")
+        for t in inputs:
+            if not t.is_contiguous():
+                inputs = [t if t.is_contiguous() else t.contiguous() for t in inputs]
+                break
+        chosen[1](outs, inputs, coeffs, seeds, counter, num_noise)
+        return chosen[1]

@@ -7,12 +7,16 @@ With ``d = (x - D(x, s)) / s`` the probability-flow ODE is ``dx/dsigma = d``. A 
     Euler:  x_t = x_hat + (t - s_hat) d(x_hat, s_hat) = (t / s_hat) x_hat + (1 - t / s_hat) D
     Heun:   x_2 = Euler; x_t = x_hat + (t - s_hat) (d(x_hat, s_hat) + d(x_2, t)) / 2   (Euler when t = 0)
 
-Every line above is one fused-op call; Heun's correction reads (x_hat, D, x_2, D_2).
+Every line above is one fused-op call; Heun's correction reads (x_hat, D, x_2, D_2). Euler takes D as the parts
+``c_skip x + c_out F`` of a fastint adapter (``SamplingContext.denoise_terms``) and its step also writes the next
+network input ``c_in x_t`` when the next step has no churn; without churn, callback, progress bar or injected noise
+the whole loop is planned before it starts (``linear.run_linear``).
 """
 
 import math
 
-from .base import Option, Solver, non_negative
+from .base import Option, Solver, non_negative, scaled
+from .linear import LinearStep, plannable, run_linear
 
 CHURN_OPTIONS = {
     "s_churn": Option(0.0, non_negative, "a finite number >= 0"),
@@ -28,11 +32,16 @@ class _ChurnedSolver(Solver):
     def uses_noise(self) -> bool:
         return self.config["s_churn"] > 0 and self.config["s_noise"] > 0
 
+    def gamma(self, ctx, i) -> float:
+        """The churn of step i (0: none)."""
+        s, cfg = ctx.sigmas[i], self.config
+        return min(cfg["s_churn"] / ctx.steps, math.sqrt(2) - 1) if cfg["s_tmin"] <= s <= cfg["s_tmax"] else 0.0
+
     def churn(self, ctx, x, i):
         """(x_hat, s_hat): the churned state and noise level of step i (x itself when gamma = 0)."""
         s = ctx.sigmas[i]
         cfg = self.config
-        gamma = min(cfg["s_churn"] / ctx.steps, math.sqrt(2) - 1) if cfg["s_tmin"] <= s <= cfg["s_tmax"] else 0.0
+        gamma = self.gamma(ctx, i)
         if gamma <= 0:
             return x, s
         s_hat = s * (gamma + 1)
@@ -50,12 +59,17 @@ class Euler(_ChurnedSolver):
     summary = "EDM Euler on the probability-flow ODE (= DDIM), optional churn"
 
     def run(self, ctx, x):
+        if all(self.gamma(ctx, i) <= 0 for i in range(ctx.steps)) and plannable(ctx):
+            return run_linear(ctx, x, self.key(), lambda: [LinearStep(t / s, (1 - t / s,), 0.0)
+                                                           for s, t in zip(ctx.sigmas[:-1], ctx.sigmas[1:])])
         for i in range(ctx.steps):
             x, s_hat = self.churn(ctx, x, i)
-            denoised = ctx.denoise(x, s_hat)
+            denoised = ctx.denoise_terms(x, s_hat)
             ctx.report(i, x, ctx.sigmas[i], s_hat, denoised)
             t = ctx.sigmas[i + 1]
-            x = ctx.combine([(t / s_hat, x), (1 - t / s_hat, denoised)], inplace=x)
+            unchurned_next = i + 1 < ctx.steps and self.gamma(ctx, i + 1) <= 0
+            x = ctx.combine([(t / s_hat, x)] + scaled(1 - t / s_hat, denoised), inplace=x,
+                            next_sigma=t if unchurned_next else None)
         return x
 
 

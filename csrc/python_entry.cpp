@@ -1,0 +1,108 @@
+// Python fast entry to fastint::fused_step: `fastint._C.fused_step(outs, inputs, coeffs, seeds, counter, num_noise)`.
+//
+// Same op, same kernels, same dispatch as `torch.ops.fastint.fused_step.default(...)` (the call goes through a typed
+// dispatcher handle, so inference mode, the autograd fallback, dispatch modes and the profiler see it as before),
+// without the generic boxed argument path: the arguments are read with the CPython API (lists or tuples of tensors,
+// a list of floats, None or a tensor, two ints) and handed to the kernel unboxed. The sampling loop uses it for
+// calls of a kind already validated (fastint/ops/extension.py); the kernel's own checks (ops.cpp) still run.
+#include "python_entry.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/util/SmallVector.h>
+#include <pybind11/pybind11.h>
+#include <torch/csrc/Exceptions.h>
+#include <torch/csrc/autograd/python_variable.h>
+
+#include <optional>
+
+#include "fused_step.h"
+
+namespace fastint {
+namespace {
+
+using FusedStepFn = void(at::TensorList, at::TensorList, c10::ArrayRef<double>, const std::optional<at::Tensor>&,
+                         int64_t, int64_t);
+
+const c10::TypedOperatorHandle<FusedStepFn>& fused_step_op() {
+  static const c10::TypedOperatorHandle<FusedStepFn> handle =
+      c10::Dispatcher::singleton().findSchemaOrThrow("fastint::fused_step", "").typed<FusedStepFn>();
+  return handle;
+}
+
+using Tensors = c10::SmallVector<at::Tensor, kMaxInputs>;
+
+// The tensors of a list or tuple (1 to `limit` of them); false with a Python exception set otherwise.
+bool unpack_tensors(PyObject* seq, const char* what, Py_ssize_t limit, Tensors* out) {
+  if (!PyList_Check(seq) && !PyTuple_Check(seq)) {
+    PyErr_Format(PyExc_TypeError, "fastint._C.fused_step: %s must be a list or tuple of tensors", what);
+    return false;
+  }
+  const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+  if (n < 1 || n > limit) {
+    PyErr_Format(PyExc_ValueError, "fastint._C.fused_step: 1 to %zd %s, got %zd", limit, what, n);
+    return false;
+  }
+  PyObject** items = PySequence_Fast_ITEMS(seq);
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    if (!THPVariable_Check(items[i])) {
+      PyErr_Format(PyExc_TypeError, "fastint._C.fused_step: %s[%zd] is a %s, not a tensor", what, i,
+                   Py_TYPE(items[i])->tp_name);
+      return false;
+    }
+    out->push_back(THPVariable_Unpack(items[i]));
+  }
+  return true;
+}
+
+}  // namespace
+
+PyObject* fused_step_fastcall(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs != 6) {
+    PyErr_Format(PyExc_TypeError,
+                 "fastint._C.fused_step(outs, inputs, coeffs, seeds, counter, num_noise) takes 6 arguments, got %zd",
+                 nargs);
+    return nullptr;
+  }
+  Tensors outs, inputs;
+  if (!unpack_tensors(args[0], "outs", kMaxOutputs, &outs) || !unpack_tensors(args[1], "inputs", kMaxInputs, &inputs)) {
+    return nullptr;
+  }
+  PyObject* coeff_seq = args[2];
+  if (!PyList_Check(coeff_seq) && !PyTuple_Check(coeff_seq)) {
+    PyErr_SetString(PyExc_TypeError, "fastint._C.fused_step: coeffs must be a list or tuple of floats");
+    return nullptr;
+  }
+  const Py_ssize_t num_coeffs = PySequence_Fast_GET_SIZE(coeff_seq);
+  if (num_coeffs > kMaxCoeffs) {
+    PyErr_Format(PyExc_ValueError, "fastint._C.fused_step: at most %d coefficients, got %zd", kMaxCoeffs, num_coeffs);
+    return nullptr;
+  }
+  c10::SmallVector<double, kMaxCoeffs> coeffs;
+  PyObject** coeff_items = PySequence_Fast_ITEMS(coeff_seq);
+  for (Py_ssize_t j = 0; j < num_coeffs; ++j) {
+    const double v = PyFloat_AsDouble(coeff_items[j]);
+    if (v == -1.0 && PyErr_Occurred()) return nullptr;
+    coeffs.push_back(v);
+  }
+  std::optional<at::Tensor> seeds;
+  if (args[3] != Py_None) {
+    if (!THPVariable_Check(args[3])) {
+      PyErr_SetString(PyExc_TypeError, "fastint._C.fused_step: seeds must be None or an int64 tensor");
+      return nullptr;
+    }
+    seeds = THPVariable_Unpack(args[3]);
+  }
+  const long long counter = PyLong_AsLongLong(args[4]);
+  if (counter == -1 && PyErr_Occurred()) return nullptr;
+  const long long num_noise = PyLong_AsLongLong(args[5]);
+  if (num_noise == -1 && PyErr_Occurred()) return nullptr;
+  {
+    pybind11::gil_scoped_release no_gil;
+    fused_step_op().call(outs, inputs, coeffs, seeds, counter, num_noise);
+  }
+  Py_RETURN_NONE;
+  END_HANDLE_TH_ERRORS
+}
+
+}  // namespace fastint

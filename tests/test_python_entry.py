@@ -1,0 +1,66 @@
+"""``fastint._C.fused_step``: the fast Python entry to the compiled op (csrc/python_entry.cpp) gives exactly what
+``torch.ops.fastint.fused_step`` gives and rejects bad arguments with a clear error."""
+
+import pytest
+import torch
+
+from fastint.ops import extension
+
+pytestmark = pytest.mark.skipif(extension.load() is not None, reason="the compiled extension is not available")
+
+
+def _entry():
+    return extension.module().fused_step
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n_in,n_out,k", [(1, 1, 0), (2, 2, 1), (4, 1, 1), (6, 2, 4)])
+def test_bit_identical_to_the_dispatcher_path(dtype, n_in, n_out, k):
+    gen = torch.Generator().manual_seed(7 * n_in + n_out + k)
+    inputs = [torch.randn(3, 1029, generator=gen).to(dtype) for _ in range(n_in)]
+    coeffs = torch.randn(n_out * (n_in + k), generator=gen, dtype=torch.float64).tolist()
+    seeds = torch.tensor([5, -9, 2 ** 40], dtype=torch.int64) if k else None
+    want = [torch.full_like(inputs[0], float("nan")) for _ in range(n_out)]
+    got = [torch.full_like(inputs[0], float("nan")) for _ in range(n_out)]
+    torch.ops.fastint.fused_step(want, inputs, coeffs, seeds, 11, k)
+    assert _entry()(got, tuple(inputs), coeffs, seeds, 11, k) is None
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
+def test_in_place_output_aliasing_an_input():
+    gen = torch.Generator().manual_seed(3)
+    x, d = torch.randn(2, 77, generator=gen), torch.randn(2, 77, generator=gen)
+    want = 0.5 * x + 2.0 * d
+    _entry()([x], [x, d], [0.5, 2.0], None, 0, 0)
+    torch.testing.assert_close(x, want, rtol=1e-6, atol=1e-6)
+
+
+def test_inference_mode():
+    x = torch.ones(4)
+    with torch.inference_mode():
+        out = torch.empty(4)
+        _entry()([out], [x], [3.0], None, 0, 0)
+    assert torch.equal(out, torch.full((4,), 3.0))
+
+
+@pytest.mark.parametrize("args,error,match", [
+    (([torch.empty(3)], [torch.ones(3)], [1.0], None, 0), TypeError, "takes 6 arguments"),
+    ((torch.empty(3), [torch.ones(3)], [1.0], None, 0, 0), TypeError, "outs must be a list or tuple"),
+    (([torch.empty(3)], [], [1.0], None, 0, 0), ValueError, "1 to 6 inputs, got 0"),
+    (([torch.empty(3)], [torch.ones(3)] * 7, [1.0] * 7, None, 0, 0), ValueError, "1 to 6 inputs, got 7"),
+    (([torch.empty(3)] * 3, [torch.ones(3)], [1.0] * 3, None, 0, 0), ValueError, "1 to 2 outs, got 3"),
+    (([torch.empty(3)], [torch.ones(3), 2.0], [1.0, 1.0], None, 0, 0), TypeError, r"inputs\[1\] is a float"),
+    (([torch.empty(3)], [torch.ones(3)], ["a"], None, 0, 0), TypeError, "must be real number"),
+    (([torch.empty(3)], [torch.ones(3)], [1.0] * 21, None, 0, 0), ValueError, "at most 20 coefficients"),
+    (([torch.empty(3)], [torch.ones(3)], 1.0, None, 0, 0), TypeError, "coeffs must be a list"),
+    (([torch.empty(3)], [torch.ones(3)], [1.0], 5, 0, 0), TypeError, "seeds must be None or an int64 tensor"),
+    (([torch.empty(3)], [torch.ones(3)], [1.0], None, "0", 0), TypeError, "cannot be interpreted as an integer"),
+    (([torch.empty(3)], [torch.ones(3)], [1.0, 1.0], None, 0, 0), RuntimeError, r"M \* \(N \+ K\) = 1"),
+    (([torch.empty(4)], [torch.ones(3)], [1.0], None, 0, 0), RuntimeError, "output 0 has shape"),
+    (([torch.empty(3)], [torch.ones(3, dtype=torch.float64)], [1.0], None, 0, 0), RuntimeError, "Double"),
+    (([torch.empty(3)], [torch.ones(3)], [1.0, 1.0], None, 0, 1), RuntimeError, "needs seeds"),
+])
+def test_bad_arguments_are_named(args, error, match):
+    with pytest.raises(error, match=match):
+        _entry()(*args)
