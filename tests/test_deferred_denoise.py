@@ -202,3 +202,32 @@ def test_planned_loop_with_odd_layouts_and_dtypes():
             assert got.dtype == torch.float32 and got.is_contiguous()
             tol = 2e-3 if name == "float16" else 2e-5
             assert (got - want).abs().max() <= tol * want.abs().max(), (name, backend)
+
+
+@pytest.mark.parametrize("with_callback", [False, True], ids=["planned", "generic"])
+@pytest.mark.parametrize("solver,options", [("dpmpp_2m", {}), ("dpmpp_3m_sde", {"eta": 1.0})])
+def test_network_returning_a_view_of_its_input(solver, options, with_callback):
+    # the next network input is written into a reused buffer: an output that is a view of the previous input (an
+    # identity-like network) must not be overwritten while the multistep history still reads it
+    x, sigmas = _setup(torch.float32, seed=int(torch.randint(0, 2 ** 31, (1,))))
+    ab = _ab()
+    outputs = {}
+    for name, net in (("view", lambda u, t: u[:, :]), ("copy", lambda u, t: u.clone())):
+        callback = (lambda info: None) if with_callback else None
+        outputs[name] = fastint.sample(DiscreteVPDenoiser(net, ab), x, sigmas, solver=solver, seed=5,
+                                       callback=callback, backend="cpp", **options)
+    assert torch.equal(outputs["view"], outputs["copy"])
+
+
+@pytest.mark.parametrize("solver", ["euler", "dpmpp_2m"])
+def test_setting_an_adapter_attribute_takes_effect(solver):
+    # host plans, timestep batches and the planned loop are memoised per adapter; a changed option must not reuse them
+    x, sigmas = _setup(torch.float64, seed=int(torch.randint(0, 2 ** 31, (1,))))
+    net = Network()
+    adapter = DiscreteVPDenoiser(net, _ab(), prediction_type="epsilon", quantize=True)
+    first = fastint.sample(adapter, x, sigmas, solver=solver, backend="eager")
+    adapter.quantize, adapter.prediction_type = False, "v_prediction"
+    changed = fastint.sample(adapter, x, sigmas, solver=solver, backend="eager")
+    fresh = fastint.sample(DiscreteVPDenoiser(net, _ab(), prediction_type="v_prediction", quantize=False), x, sigmas,
+                           solver=solver, backend="eager")
+    assert torch.equal(changed, fresh) and not torch.allclose(changed, first)

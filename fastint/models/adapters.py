@@ -104,7 +104,16 @@ class _Adapter:
             raise TypeError(f"{type(self).__name__}: model must be callable")
         self.inner_model = model
         self.prediction_type = _prediction_type(type(self).__name__, prediction_type, allowed)
-        self._plans, self._timestep_cache = {}, {}
+        self._plans, self._timestep_cache, self.revision = {}, {}, 0
+
+    def __setattr__(self, name, value):
+        """Setting a public attribute after construction (``quantize``, ``prediction_type``, ...) drops the memoised
+        host plans and timestep batches and bumps ``revision`` (the planned loop's memo key), so the change takes
+        effect. (Schedules are read at construction: build a new adapter for new ``alphas_cumprod``.)"""
+        super().__setattr__(name, value)
+        if not name.startswith("_") and name != "revision" and "_plans" in self.__dict__:
+            self._plans, self._timestep_cache = {}, {}
+            super().__setattr__("revision", self.revision + 1)
 
     def _coefficients(self, sigma: torch.Tensor):  # -> alpha, sigma_model, model timestep; sigma is (batch,)
         raise NotImplementedError

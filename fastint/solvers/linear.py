@@ -74,7 +74,7 @@ def _step_specs(steps: List[LinearStep], plans) -> List[Tuple[List[int], List[fl
 
 
 _STEPS: Dict[tuple, List[LinearStep]] = {}            # (solver key, sigmas) -> steps
-_SPECS = weakref.WeakKeyDictionary()                   # adapter -> {(solver key, sigmas): (plans, specs)}
+_SPECS = weakref.WeakKeyDictionary()                   # adapter -> {(solver key, sigmas, revision): (plans, specs)}
 _MEMO_SIZE = 64                                         # entries per memo (oldest dropped first)
 
 
@@ -89,7 +89,7 @@ def run_linear(ctx, x: torch.Tensor, solver_key: tuple, make_steps: Callable[[],
     """Run the solver's steps (``make_steps()``: one per interval of ``ctx.sigmas``) from ``x``; see the module
     docstring. ``solver_key`` identifies the solver and its options: the steps, and per adapter the expanded
     coefficients, are computed once per (solver key, sigmas) and reused by later runs (they are host floats that
-    depend on nothing else; adapters are not changed after construction)."""
+    depend on nothing else; an adapter's ``revision`` changes when one of its attributes is set)."""
     adapter, extra, sigmas, seeds = ctx.model, ctx.extra_args, ctx.sigmas, ctx.seeds
     key = (solver_key, tuple(sigmas))
     steps = _STEPS.get(key) or _remember(_STEPS, key, make_steps())
@@ -97,14 +97,15 @@ def run_linear(ctx, x: torch.Tensor, solver_key: tuple, make_steps: Callable[[],
         per_adapter = _SPECS.setdefault(adapter, {})
     except TypeError:  # a model object that takes no weak reference: no memo
         per_adapter = {}
-    planned = per_adapter.get(key)
+    adapter_key = key + (adapter.revision,)
+    planned = per_adapter.get(adapter_key)
     if planned is None:
         plans = [ctx._host_plan(s) for s in sigmas[:len(steps)]]
         specs = _step_specs(steps, plans)
         coefficients = [c for spec in specs for c in spec[1]]
         if not all(math.isfinite(c) for c in coefficients):
             raise ValueError(f"non-finite step coefficients {coefficients}: check the sigmas and solver options")
-        planned = _remember(per_adapter, key, (plans, specs))
+        planned = _remember(per_adapter, adapter_key, (plans, specs))
     plans, specs = planned
     t_batches = adapter.timestep_batches(x, [plan[3] for plan in plans])
     width = len(steps[0].d)
