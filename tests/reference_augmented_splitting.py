@@ -2,10 +2,10 @@
 
 Written from the formulas in docs/augmented.md with plain numpy/scipy (``scipy.linalg.expm`` for the exponentials,
 the closed-form Ornstein-Uhlenbeck flow, Van Loan's block exponential for the kernel covariance, adaptive
-``scipy.integrate.quad`` for the conjugate integrator's Phi), one sample row at a time, no fastint code. State ``u = (x, v)`` per
-coordinate; ``score(x, v, t) -> (s_x, s_v)`` (float64 tensors); forward times ``ts`` decreasing; ``noise(t_a, t_b)``
-is called for stream 0 (x) then stream 1 (v) of each step's noise event, as fastint's ``noise_sampler``.
-Process: ``du = beta(t) F u dt + sqrt(beta Q) dW``, prior precision ``P = diag(1, 1/M)``.
+``scipy.integrate.quad`` for the conjugate integrator's Phi), one sample row at a time, no fastint code. State ``u =
+(x, v)`` per coordinate; ``score(x, v, t) -> (s_x, s_v)`` (float64 tensors); forward times ``ts`` decreasing;
+``noise(t_a, t_b)`` is called for stream 0 (x) then stream 1 (v) of each step's noise event, as fastint's
+``noise_sampler``. Process: ``du = beta(t) F u dt + sqrt(beta Q) dW``, prior precision ``P = diag(1, 1/M)``.
 """
 
 import numpy as np

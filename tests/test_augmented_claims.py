@@ -12,7 +12,7 @@ from fastint.models.gaussian_mixture import default_mixture
 N = 4000
 
 
-def _distances(proc, methods, budgets, seeds=2, n=N, n_ref=None, directions=64, **options):
+def _distances(proc, methods, budgets, seeds=2, n=N, n_ref=None, **options):
     """``{(method, nfe): [sliced W2 per noise seed]}``; ``options`` maps a method to its extra keyword arguments.
     Every method starts from the same samples and draws the same noise seeds (common random numbers: EM and the
     splitting methods then see the same normals at every step, which keeps the noise out of their comparison)."""
@@ -20,7 +20,7 @@ def _distances(proc, methods, budgets, seeds=2, n=N, n_ref=None, directions=64, 
     tgt = AugmentedTarget(mix, proc)
     model = ExactScore(tgt)
     ref = mix.sample(n_ref or n, generator=torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31, (1,)))))
-    dirs = random_directions(directions, 2)
+    dirs = random_directions(64, 2)
     x0, v0 = tgt.sample(n, 1.0, torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31, (1,)))),
                         dtype=torch.float32)
     noise_seeds = [int(torch.randint(0, 2 ** 40, (1,))) for _ in range(seeds)]

@@ -16,9 +16,10 @@ CASES = [(PSLD(), SplittingRef("PSLD", 8.0, 0.0)), (PSLD.from_config(1.0, 12.0),
          (CLD(), SplittingRef("CLD", 4.0, 0.0)), (CLD(b0=0.5, b1=7.0), SplittingRef("CLD", 0.5, 7.0))]
 
 
-METHODS = [("reduced_splitting", {}), ("naive_splitting", {}), ("conjugate_splitting", {}), ("conjugate_residual", {}),
-           ("reduced_splitting", {"eta": 0.6}), ("naive_splitting", {"eta": 0.3}), ("conjugate_splitting", {"eta": 0.5}),
-           ("conjugate", {}), ("conjugate", {"lam": -0.7}), ("conjugate", {"lam": 0.6, "lam_matrix": "ones"})]
+METHODS = [("reduced_splitting", {}), ("naive_splitting", {}), ("conjugate_splitting", {}),
+           ("conjugate_residual", {}), ("reduced_splitting", {"eta": 0.6}), ("naive_splitting", {"eta": 0.3}),
+           ("conjugate_splitting", {"eta": 0.5}), ("conjugate", {}), ("conjugate", {"lam": -0.7}),
+           ("conjugate", {"lam": 0.6, "lam_matrix": "ones"})]
 
 
 def _reference_options(options):

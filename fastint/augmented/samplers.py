@@ -210,8 +210,9 @@ def sample_augmented(process: AugmentedProcess, model: AugmentedModel, x: torch.
                      ts: Optional[Sequence[float]] = None, method: str = "sscs", *, steps: Optional[int] = None,
                      eps: float = 1e-3, striding: str = "linear", denoise: bool = True, timing: str = "reference",
                      lam: float = 0.0, lam_matrix: str = "identity", eta: float = 1.0, seed=None,
-                     noise_sampler: Optional[Callable] = None, backend: Optional[str] = None, numerical_eps: float = NUMERICAL_EPS,
-                     variance_eps: float = 0.0, callback: Optional[Callable] = None
+                     noise_sampler: Optional[Callable] = None, backend: Optional[str] = None,
+                     numerical_eps: float = NUMERICAL_EPS, variance_eps: float = 0.0,
+                     callback: Optional[Callable] = None
                      ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Sample the reverse process of ``process`` from ``(x, v)`` at ``ts[0]`` down to ``ts[-1]`` (then denoise to 0).
 
@@ -305,17 +306,15 @@ def sample_augmented(process: AugmentedProcess, model: AugmentedModel, x: torch.
         phi, cov = p.reverse_transition(b)
         return phi, cholesky2(cov + variance_eps * I2)
 
-    def ou(t_a, t_b):  # exact OU du = -eta^2 beta Q P u / 2 dh + eta sqrt(beta Q) dW over forward [t_b, t_a]
+    def ou(t_a, t_b):
+        """The exact OU flow ``du = eta^2 beta (-Q P u + Q r) / 2 dh + eta sqrt(beta Q) dW`` over forward [t_b, t_a]
+        with a constant forcing r, per coordinate: ``u' = decay u + gain q r / 2 + std z`` (diagonal matrices)."""
         b = eta * eta * p.rate(t_b, t_a)
         qp = np.diag(Q @ P)
         decay = np.exp(-0.5 * qp * b)
+        gain = [-math.expm1(-0.5 * a * b) / (0.5 * a) if a > 0 else b for a in qp]
         var = np.array([-math.expm1(-qp[j] * b) / P[j, j] for j in range(2)])
-        return np.diag(decay), np.diag(np.sqrt(np.maximum(var, 0.0)))
-
-    def ou_gain(t_a, t_b):  # int of the OU decay over the step, per coordinate: (1 - e^{-q p b' / 2}) / (q p / 2)
-        b = eta * eta * p.rate(t_b, t_a)
-        qp = np.diag(Q @ P)
-        return np.diag([-math.expm1(-0.5 * a * b) / (0.5 * a) if a > 0 else b for a in qp])
+        return np.diag(decay), np.diag(gain), np.diag(np.sqrt(np.maximum(var, 0.0)))
 
     def conj_step(t_a, t_b):  # u_b = R [u, o] (deterministic conjugate step), over [u, o]
         c = score_mat(t_a)
@@ -378,8 +377,8 @@ def sample_augmented(process: AugmentedProcess, model: AugmentedModel, x: torch.
                 run.apply(det, outs)
             else:
                 # then the Langevin part's conjugate step: the exact OU flow forced by the same frozen residual
-                decay, std = ou(t, tn)
-                run.apply(decay @ det + ou_gain(t, tn) @ (0.5 * Q) @ r, outs, std, ca, (t, tn))
+                decay, gain, std = ou(t, tn)
+                run.apply(decay @ det + gain @ (0.5 * Q) @ r, outs, std, ca, (t, tn))
         elif method in ("reduced_splitting", "naive_splitting"):
             outs = model.evaluate(run.x, run.v, t, backend)
             det = _pad(np.eye(2), 2 + k) + h * drift_mat(t, True)
@@ -393,7 +392,7 @@ def sample_augmented(process: AugmentedProcess, model: AugmentedModel, x: torch.
                 outs = model.evaluate(xp, vp, tn, backend)
                 run.x, run.v = xp, vp
                 m = kick(tn, h, 0.5 * eta * eta)
-            decay, std = ou(t, tn)
+            decay, _, std = ou(t, tn)
             run.apply(decay @ m, outs, std, ca, (t, tn))
         if callback is not None:
             callback({"i": i, "t": tn, "x": run.x, "v": run.v})
