@@ -89,7 +89,7 @@ def test_float32_fast_path_on_every_cpu_backend(solver, opts):
 @pytest.mark.parametrize("solver,opts", FAST_SOLVERS)
 def test_network_inputs_are_c_in_x_and_never_overwritten(solver, opts):
     """The network sees alpha x (the fused step's second output) at the plain path's timesteps; a network that
-    keeps its inputs finds them unchanged after the run (a buffer still referenced is never reused)."""
+    keeps its inputs finds them unchanged after the run (every step writes the next input into a fresh buffer)."""
     x, sigmas = _setup(torch.float32)
     fast_net, plain_net = Network(keep_inputs=True), Network(keep_inputs=True)
     fastint.sample(_adapters(fast_net)["discrete_eps"], x, sigmas, solver, seed=3, **opts)
@@ -207,8 +207,8 @@ def test_planned_loop_with_odd_layouts_and_dtypes():
 @pytest.mark.parametrize("with_callback", [False, True], ids=["planned", "generic"])
 @pytest.mark.parametrize("solver,options", [("dpmpp_2m", {}), ("dpmpp_3m_sde", {"eta": 1.0})])
 def test_network_returning_a_view_of_its_input(solver, options, with_callback):
-    # the next network input is written into a reused buffer: an output that is a view of the previous input (an
-    # identity-like network) must not be overwritten while the multistep history still reads it
+    # an output that is a view of the network's input (an identity-like network) stays in the multistep history:
+    # the step that writes the next network input must not write it there
     x, sigmas = _setup(torch.float32, seed=int(torch.randint(0, 2 ** 31, (1,))))
     ab = _ab()
     outputs = {}

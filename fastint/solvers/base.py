@@ -6,7 +6,6 @@ Nothing here reads device values, so a sampling loop never synchronises with the
 """
 
 import math
-import sys
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -110,7 +109,6 @@ class SamplingContext:
         self._denoise_at = getattr(model, "denoise_at", None)
         self._host_plan = getattr(model, "host_plan", None) if self._denoise_at is not None else None
         self._staged: Optional[Tuple[torch.Tensor, float, torch.Tensor]] = None
-        self._network_input: Optional[torch.Tensor] = None
         self._owned: Dict[int, weakref.ref] = {}
         self._backends: Dict[Tuple, Tuple[registry.Backend, Callable]] = {}
 
@@ -247,12 +245,8 @@ class SamplingContext:
         return out
 
     def _input_buffer(self) -> torch.Tensor:
-        """A buffer for the next network input: last step's when nothing but this context references it any more
-        (the network kept no reference and did not return it), else a fresh one."""
-        buffer = self._network_input
-        if buffer is None or sys.getrefcount(buffer) > 3:  # self._network_input, `buffer`, getrefcount's argument
-            buffer = self._network_input = torch.empty(self.shape, dtype=self.dtype, device=self.device)
-        return buffer
+        """A fresh buffer for the next network input (never one the network may still hold, or a view of)."""
+        return torch.empty(self.shape, dtype=self.dtype, device=self.device)
 
     def _fused_step(self, inputs, coeffs, num_noise, seeds, counter, outs) -> Callable[..., None]:
         """The op call with the per-call Python cost kept small: the first call of each kind (inputs, outputs, noise
