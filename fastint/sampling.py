@@ -1,12 +1,13 @@
 """``fastint.sample``: validate the call, set up noise and the context, run the solver."""
 
 import math
+import operator
 from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import torch
 
 from .solvers import get_solver
-from .solvers.base import SamplingContext
+from .solvers.base import SamplingContext, all_finite
 
 SeedLike = Union[None, int, Sequence[int], torch.Tensor]
 CHECK_FINITE = ("end", "step", "off")
@@ -19,9 +20,9 @@ def _sigma_list(sigmas) -> list:
         raise ValueError(f"sigmas must be 1-D, got shape {tuple(sigmas.shape)}")
     if len(values) < 2:
         raise ValueError("sigmas needs at least two values (one step)")
-    if not all(math.isfinite(v) for v in values):
+    if not all(map(math.isfinite, values)):
         raise ValueError("sigmas must be finite")
-    if any(b >= a for a, b in zip(values, values[1:])):
+    if not all(map(operator.gt, values, values[1:])):
         raise ValueError(f"sigmas must be strictly decreasing, got {values}")
     if values[-1] < 0 or values[-2] <= 0:
         raise ValueError("sigmas must be positive, with only the last one allowed to be 0")
@@ -63,7 +64,8 @@ def sample(model: Callable, x: torch.Tensor, sigmas, solver: str = "dpmpp_2m", *
             instead; used for value-for-value parity with the peers.
         callback: called once per step with ``{'x', 'i', 'sigma', 'sigma_hat', 'denoised'}``.
         progress: show a tqdm progress bar.
-        backend: fused-op backend ('auto', 'cpp', 'cuda', 'triton', 'compile', 'eager').
+        backend: fused-op backend ('cpp', 'cuda', 'triton', 'compile', 'eager'), or 'auto': the one in force
+            (``fastint.use_backend``, env ``FASTINT_BACKEND``), else the automatic choice.
         check_finite: 'end' (default: one check of the result after the loop, no sync inside it), 'step' (check
             every model output, synchronising, to name the first bad step) or 'off'.
     """
@@ -79,7 +81,7 @@ def sample(model: Callable, x: torch.Tensor, sigmas, solver: str = "dpmpp_2m", *
     if extra_args is not None and not isinstance(extra_args, dict):
         raise TypeError("extra_args must be a dict of keyword arguments for the model")
     sigma_values = _sigma_list(sigmas)
-    if check_finite != "off" and not bool(torch.isfinite(x).all()):
+    if check_finite != "off" and not all_finite(x):
         raise ValueError("x contains NaN or Inf")
     seeds = None
     if method.uses_noise() and noise_sampler is None:
@@ -97,7 +99,7 @@ def sample(model: Callable, x: torch.Tensor, sigmas, solver: str = "dpmpp_2m", *
             bar.close()
     if result is x:  # no update ran (cannot happen with >= 1 step), never hand the caller's tensor back aliased
         result = x.clone()
-    if check_finite == "end" and not bool(torch.isfinite(result).all()):
+    if check_finite == "end" and not all_finite(result):
         raise FloatingPointError("sampling produced NaN or Inf: a model output contained non-finite values "
                                  "(run with check_finite='step' to find the first one)")
     return result

@@ -231,3 +231,81 @@ def test_setting_an_adapter_attribute_takes_effect(solver):
     fresh = fastint.sample(DiscreteVPDenoiser(net, _ab(), prediction_type="v_prediction", quantize=False), x, sigmas,
                            solver=solver, backend="eager")
     assert torch.equal(changed, fresh) and not torch.allclose(changed, first)
+
+
+def test_planned_loop_reports_a_bad_network_output_by_name():
+    """The planned loop checks a network output only as far as the fused op needs (dtype, shape, layout) and leaves
+    the rest to the op; whatever is wrong, the error names the network output, and the caller's x is untouched."""
+    x, sigmas = _setup(torch.float32, seed=int(torch.randint(0, 2 ** 31, (1,))))
+    x_before = x.clone()
+    ab = _ab()
+    bad = {"shape": (lambda u, t: u[:, :1], ValueError, "shape"),
+           "integer": (lambda u, t: u.to(torch.int32), ValueError, "floating point"),
+           "device": (lambda u, t: torch.empty(u.shape, device="meta"), ValueError, "on meta"),
+           "not a tensor": (lambda u, t: "noise", TypeError, "str")}
+    backends = [b["name"] for b in fastint.list_backends() if b["available"] and b["name"] in ("cpp", "eager")]
+    for name, (net, exc, match) in bad.items():
+        for solver in ("euler", "dpmpp_2m"):
+            for backend in backends:
+                with pytest.raises(exc, match=match):
+                    fastint.sample(DiscreteVPDenoiser(net, ab), x, sigmas, solver, backend=backend)
+                assert torch.equal(x, x_before), (name, backend)
+
+
+@pytest.mark.parametrize("solver", ["euler", "dpmpp_2m"])
+def test_planned_loop_names_the_evaluation_of_a_nan(solver):
+    """check_finite='step' in the planned loop: the error names the first evaluation with a NaN."""
+    x, sigmas = _setup(torch.float32)
+    net, calls = Network(), []
+
+    def poisoned(u, t):
+        calls.append(1)
+        out = net(u, t)
+        return out.fill_(float("nan")) if len(calls) == 4 else out
+
+    with pytest.raises(FloatingPointError, match="evaluation 4"):
+        fastint.sample(DiscreteVPDenoiser(poisoned, _ab()), x, sigmas, solver, check_finite="step")
+
+
+@pytest.mark.parametrize("solver,opts", [s for s in FAST_SOLVERS if not s[1].get("s_churn")])
+def test_planned_loop_allocating_per_step_equals_preallocating(solver, opts, monkeypatch):
+    """Above ``_PREALLOCATED_BYTES`` the planned loop allocates each network input when it is written instead of all
+    before the first call: the same samples, and the network's kept inputs are untouched either way."""
+    from fastint.solvers import linear
+    x, sigmas = _setup(torch.float32, seed=int(torch.randint(0, 2 ** 31, (1,))))
+    results = []
+    for limit in (linear._PREALLOCATED_BYTES, 0):
+        monkeypatch.setattr(linear, "_PREALLOCATED_BYTES", limit)
+        net = Network(keep_inputs=True)
+        results.append(fastint.sample(_adapters(net)["discrete_v"], x, sigmas, solver, seed=7, **opts))
+        assert len({t.data_ptr() for t in net.inputs}) == len(net.inputs)
+        for kept, copy in zip(net.inputs, net.copies):
+            assert torch.equal(kept, copy)
+    assert torch.equal(results[0], results[1])
+
+
+def test_planned_loop_remembers_ops_per_backend_and_forgets_them_on_register(monkeypatch):
+    """The planned loop keeps the raw op of each kind of step per (dtype, device, requested backend, backend in
+    force); a run under another backend (``use_backend``) gets its own ops and runs on that backend, and registering
+    a backend forgets them all."""
+    from fastint.ops import registry
+    monkeypatch.setattr(registry, "_OP_MEMOS", {})
+    monkeypatch.setattr(registry, "_CHOICES", {})
+    x, sigmas = _setup(torch.float32)
+    adapter = _adapters(Network())["discrete_eps"]
+    names = [b["name"] for b in fastint.list_backends() if b["available"] and b["name"] in ("cpp", "eager")]
+    results = {}
+    for name in names:
+        with fastint.use_backend(name):  # backend='auto' (the default) defers to the backend in force
+            results[name] = fastint.sample(adapter, x, sigmas, "dpmpp_2m")
+            assert registry._OP_MEMOS[registry.choice_key((torch.float32, "cpu"), "auto")], name
+        chosen = {choice[0].name for choice in registry._CHOICES.values()}
+        assert chosen == {name}, chosen
+        registry._CHOICES.clear()
+    assert len(registry._OP_MEMOS) == len(names)
+    for name in names[1:]:
+        torch.testing.assert_close(results[name], results[names[0]], rtol=1e-5, atol=1e-5)
+    registry.register(registry.get(names[0]))
+    assert registry._OP_MEMOS == {}
+    torch.testing.assert_close(fastint.sample(adapter, x, sigmas, "dpmpp_2m", backend=names[0]),
+                               results[names[0]], rtol=0, atol=0)

@@ -248,3 +248,27 @@ def test_vp_discrete_revalidates_alphas_modified_in_place_and_returns_fresh_tens
         frozen[3] = math.nan
         with pytest.raises(ValueError, match=r"\(0, 1\]"):
             schedules.vp_discrete(frozen, 10)
+
+
+def test_vp_discrete_memo_answers_only_the_same_call():
+    """Repeated calls are answered from a memo keyed by the alphas (identity and version) and every option with its
+    type: each answer equals a computation on a fresh copy of the alphas, and bad options are refused even after
+    the same values passed as other types."""
+    gen = torch.Generator().manual_seed(11)
+    betas = torch.sort(torch.rand(300, generator=gen) * 0.02 + 1e-4).values
+    for dtype in (torch.float32, torch.float64):
+        ab = schedules.alphas_cumprod_from_betas(betas.to(dtype))
+        calls = [(12, "linspace", 0, "dpmsolver"), (12, "leading", 1, "dpmsolver"), (13, "trailing", 0, "ddim"),
+                 (12, "linspace", 0, "ddim")]
+        for _ in range(2):
+            for n, spacing, offset, convention in calls:
+                got = schedules.vp_discrete(ab, n, spacing, offset, convention=convention)
+                want = schedules.vp_discrete(ab.clone(), n, spacing, offset, convention=convention)
+                assert torch.equal(got.sigmas, want.sigmas) and torch.equal(got.timesteps, want.timesteps)
+        with pytest.raises(TypeError, match="n must be an int"):
+            schedules.vp_discrete(ab, 12.0, "linspace")
+        schedules.vp_discrete(ab, 1)
+        with pytest.raises(TypeError, match="n must be an int"):
+            schedules.vp_discrete(ab, True)
+        with pytest.raises(ValueError, match="steps_offset"):
+            schedules.vp_discrete(ab, 12, "leading", True)

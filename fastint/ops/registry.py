@@ -72,18 +72,21 @@ _BACKENDS: Dict[str, Backend] = {}
 _state = threading.local()
 _env_warned = set()
 _CHOICES: Dict[tuple, Tuple[Backend, Callable[..., None]]] = {}  # see remember_choice
+_OP_MEMOS: Dict[tuple, Dict[tuple, Callable[..., None]]] = {}     # see op_memo
 
 
 def register(backend: Backend) -> Backend:
     _BACKENDS[backend.name] = backend
     _CHOICES.clear()
+    _OP_MEMOS.clear()
     return backend
 
 
 def choice_key(kind: tuple, requested: Optional[str]) -> tuple:
     """The key under which ``remember_choice`` stores the backend for a kind of call: the caller's description of
-    the call (tensor counts, dtypes, device type, ...), the requested backend and, when none is requested, the one
-    in force (``select`` reads it only then)."""
+    the call (tensor counts, dtypes, device type, ...), the requested backend and, when none is requested (None or
+    'auto'), the one in force (``select`` reads it only then)."""
+    requested = None if requested == "auto" else requested
     return kind, requested, None if requested else current_backend()
 
 
@@ -97,6 +100,16 @@ def remember_choice(key: tuple, backend: Backend) -> Tuple[Backend, Callable[...
     later sampling runs skip the validation and the selection for that kind (``register`` forgets every choice)."""
     choice = _CHOICES[key] = (backend, backend.raw_op())
     return choice
+
+
+def op_memo(key: tuple) -> Dict[tuple, Callable[..., None]]:
+    """A dict, the same for every call with this ``key`` (a ``choice_key``), in which a caller that runs many calls
+    of a few kinds keeps the raw op of each kind once a call of that kind went through ``remember_choice`` (the
+    planned sampling loop: no per-run lookup of the choice); emptied with the choices by ``register``."""
+    memo = _OP_MEMOS.get(key)
+    if memo is None:
+        memo = _OP_MEMOS[key] = {}
+    return memo
 
 
 def get(name: str) -> Backend:
@@ -147,7 +160,9 @@ def use_backend(name: str):
 
 
 def select(call: FusedStepCall, requested: Optional[str] = None) -> Backend:
-    """The backend that runs ``call``: the requested one (raising if it cannot), or the first suitable one."""
+    """The backend that runs ``call``: the requested one (raising if it cannot), or, with None or 'auto', the one in
+    force (``use_backend``, ``FASTINT_BACKEND``), which may itself be 'auto': the first suitable one."""
+    requested = None if requested == "auto" else requested
     from_env = requested is None and getattr(_state, "name", None) is None and "FASTINT_BACKEND" in os.environ
     name = requested or current_backend()
     if name != "auto":

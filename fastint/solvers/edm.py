@@ -59,7 +59,8 @@ class Euler(_ChurnedSolver):
     summary = "EDM Euler on the probability-flow ODE (= DDIM), optional churn"
 
     def run(self, ctx, x):
-        if all(self.gamma(ctx, i) <= 0 for i in range(ctx.steps)) and plannable(ctx):
+        unchurned = self.config["s_churn"] == 0 or all(self.gamma(ctx, i) <= 0 for i in range(ctx.steps))
+        if unchurned and plannable(ctx):
             return run_linear(ctx, x, self.key(), lambda: [LinearStep(t / s, (1 - t / s,), 0.0)
                                                            for s, t in zip(ctx.sigmas[:-1], ctx.sigmas[1:])])
         for i in range(ctx.steps):

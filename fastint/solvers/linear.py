@@ -24,9 +24,11 @@ merged coefficients.
 
 import math
 import weakref
-from typing import Callable, Dict, List, NamedTuple, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, NamedTuple, Sequence, Tuple
 
 import torch
+
+from ..ops import registry
 
 _OP_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # the op reads these per input
 
@@ -85,6 +87,35 @@ def _remember(memo: dict, key, value):
     return value
 
 
+_PREALLOCATED_BYTES = 32 << 20   # a run's state buffers and network inputs allocated at once up to this size
+
+
+def _buffers(ctx, x: torch.Tensor, pool_size: int, input_count: int):
+    """``(pool, first_input, next_inputs)`` for states like ``x``: ``pool_size`` state buffers, a buffer for the
+    first network input and an iterator over the ``input_count`` fresh buffers of the network inputs the steps write,
+    in order. Up to ``_PREALLOCATED_BYTES`` in all they are views of one block allocated before the first network
+    call (an allocation between two network calls runs with cold caches and costs ~25 us on a CPU, more than the
+    rest of the step); beyond that, the network inputs are allocated one per step. Every network input is distinct
+    memory either way (a network may keep its input, or return a view of it)."""
+    total = pool_size + 1 + input_count
+    if total * x.numel() * x.element_size() <= _PREALLOCATED_BYTES:
+        views = torch.empty((total,) + tuple(ctx.shape), dtype=ctx.dtype, device=ctx.device).unbind(0)
+        return views[:pool_size], views[pool_size], iter(views[pool_size + 1:])
+    return ([ctx._input_buffer() for _ in range(pool_size)], ctx._input_buffer(),
+            (ctx._input_buffer() for _ in range(input_count)))
+
+
+def _conformed(ctx, f: torch.Tensor, sigma: float, evaluations_before: int) -> torch.Tensor:
+    """The slow path of a network output ``f``: the context's checks (shape, dtype, device, finiteness when asked,
+    with the evaluation's number in the message), then the conversions the op needs (a float dtype the op cannot
+    read goes to the state's dtype; a strided output is made contiguous)."""
+    ctx.nfe = evaluations_before
+    f = ctx._checked(f, sigma)
+    if f.dtype != ctx.dtype and f.dtype not in _OP_DTYPES:
+        f = f.to(ctx.dtype)
+    return f if f.is_contiguous() else f.contiguous()
+
+
 def run_linear(ctx, x: torch.Tensor, solver_key: tuple, make_steps: Callable[[], List[LinearStep]]) -> torch.Tensor:
     """Run the solver's steps (``make_steps()``: one per interval of ``ctx.sigmas``) from ``x``; see the module
     docstring. ``solver_key`` identifies the solver and its options: the steps, and per adapter the expanded
@@ -105,25 +136,27 @@ def run_linear(ctx, x: torch.Tensor, solver_key: tuple, make_steps: Callable[[],
         coefficients = [c for spec in specs for c in spec[1]]
         if not all(math.isfinite(c) for c in coefficients):
             raise ValueError(f"non-finite step coefficients {coefficients}: check the sigmas and solver options")
-        planned = _remember(per_adapter, adapter_key, (plans, specs))
-    plans, specs = planned
+        planned = _remember(per_adapter, adapter_key, (plans, specs, sum(1 for spec in specs if spec[3])))
+    plans, specs, input_count = planned
     t_batches = adapter.timestep_batches(x, [plan[3] for plan in plans])
     width = len(steps[0].d)
-    pool = [torch.empty(ctx.shape, dtype=ctx.dtype, device=ctx.device) for _ in range(min(width, len(steps)))]
+    pool, first_input, next_inputs = _buffers(ctx, x, min(width, len(steps)), input_count)
     slots: List[torch.Tensor] = []
-    ops = {}                # (inputs, noise streams, outputs, F's dtype) -> the op, once ctx has checked that kind
+    # (inputs, noise streams, outputs, F's dtype) -> the raw op, once ctx has checked a call of that kind (per process)
+    ops = registry.op_memo(registry.choice_key((ctx.dtype, ctx.device.type), ctx.backend))
+    shape, dtype, device, checked_steps = ctx.shape, ctx.dtype, ctx.device, ctx.nfe
+    every_output_checked = ctx.check_finite == "step"
     x = x if x.is_contiguous() else x.contiguous()
-    model_input = x if plans[0][0] == 1.0 else x * plans[0][0]
+    model_input = x if plans[0][0] == 1.0 else torch.mul(x, plans[0][0], out=first_input)
     for i, (pick, coeffs, num_noise, writes_input) in enumerate(specs):
-        f = ctx._checked(adapter.network(model_input, t_batches[i], x, **extra), sigmas[i])
-        if f.dtype != x.dtype and f.dtype not in _OP_DTYPES:
-            f = f.to(x.dtype)
-        if not f.is_contiguous():
-            f = f.contiguous()
+        f = adapter.network(model_input, t_batches[i], x, **extra)
+        if every_output_checked or f.dtype != dtype or f.device != device or f.shape != shape \
+                or not f.is_contiguous():  # anything else than a state-like output: the context's checks
+            f = _conformed(ctx, f, sigmas[i], checked_steps + i)
         slots = [x, f] + slots[:2 * width - 2]
         x = pool[(i + 1) % len(pool)]
         if writes_input:
-            model_input = ctx._input_buffer()
+            model_input = next(next_inputs)
             outs = [x, model_input]
         else:
             model_input, outs = x, [x]
@@ -134,4 +167,5 @@ def run_linear(ctx, x: torch.Tensor, solver_key: tuple, make_steps: Callable[[],
             ops[kind] = ctx._fused_step(inputs, coeffs, num_noise, seeds if num_noise else None, i, outs)
         else:
             op(outs, inputs, coeffs, seeds if num_noise else None, i, num_noise)
+    ctx.nfe = checked_steps + len(specs)
     return x

@@ -46,7 +46,7 @@ import math
 import torch
 
 from ..ops import fused_step
-from .base import Option, Solver, non_negative, one_of
+from .base import Option, Solver, all_finite, non_negative, one_of
 from .guidance import classifier_guidance
 
 AB_WEIGHTS = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12),
@@ -103,7 +103,7 @@ class _Guided(Solver):
             raise ValueError(f"the guidance function returned {tuple(grad.shape)} {grad.dtype} on {grad.device}; "
                              f"expected grad_x log p(y | x) of shape {tuple(ctx.shape)}, floating point, on "
                              f"{ctx.device}")
-        if ctx.check_finite == "step" and not bool(torch.isfinite(grad).all()):
+        if ctx.check_finite == "step" and not all_finite(grad):
             raise FloatingPointError(f"the guidance gradient at sigma={sigma:.6g} contains NaN or Inf")
         return grad
 
