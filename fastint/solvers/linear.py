@@ -23,6 +23,7 @@ merged coefficients.
 """
 
 import math
+import operator
 import weakref
 from typing import Callable, Dict, Iterator, List, NamedTuple, Sequence, Tuple
 
@@ -75,8 +76,13 @@ def _step_specs(steps: List[LinearStep], plans) -> List[Tuple[List[int], List[fl
     return specs
 
 
+def _picker(pick: List[int]) -> Callable[[list], tuple]:
+    """``slots -> tuple of slots[k] for k in pick`` (an ``itemgetter``: no Python frame per step)."""
+    return operator.itemgetter(*pick) if len(pick) > 1 else lambda slots, k=pick[0]: (slots[k],)
+
+
 _STEPS: Dict[tuple, List[LinearStep]] = {}            # (solver key, sigmas) -> steps
-_SPECS = weakref.WeakKeyDictionary()                   # adapter -> {(solver key, sigmas, revision): (plans, specs)}
+_SPECS = weakref.WeakKeyDictionary()  # adapter -> {(solver key, sigmas, revision): (plans, calls, input count)}
 _MEMO_SIZE = 64                                         # entries per memo (oldest dropped first)
 
 
@@ -136,36 +142,38 @@ def run_linear(ctx, x: torch.Tensor, solver_key: tuple, make_steps: Callable[[],
         coefficients = [c for spec in specs for c in spec[1]]
         if not all(math.isfinite(c) for c in coefficients):
             raise ValueError(f"non-finite step coefficients {coefficients}: check the sigmas and solver options")
-        planned = _remember(per_adapter, adapter_key, (plans, specs, sum(1 for spec in specs if spec[3])))
-    plans, specs, input_count = planned
+        calls = [(_picker(pick), coeffs, num_noise, writes_input, (len(pick), num_noise, writes_input))
+                 for pick, coeffs, num_noise, writes_input in specs]
+        planned = _remember(per_adapter, adapter_key, (plans, calls, sum(1 for spec in specs if spec[3])))
+    plans, calls, input_count = planned
     t_batches = adapter.timestep_batches(x, [plan[3] for plan in plans])
     width = len(steps[0].d)
     pool, first_input, next_inputs = _buffers(ctx, x, min(width, len(steps)), input_count)
     slots: List[torch.Tensor] = []
-    # (inputs, noise streams, outputs, F's dtype) -> the raw op, once ctx has checked a call of that kind (per process)
+    # ((inputs, noise streams, writes the input), F's dtype) -> the raw op, once ctx has checked a call of that kind
     ops = registry.op_memo(registry.choice_key((ctx.dtype, ctx.device.type), ctx.backend))
     shape, dtype, device, checked_steps = ctx.shape, ctx.dtype, ctx.device, ctx.nfe
     every_output_checked = ctx.check_finite == "step"
     x = x if x.is_contiguous() else x.contiguous()
     model_input = x if plans[0][0] == 1.0 else torch.mul(x, plans[0][0], out=first_input)
-    for i, (pick, coeffs, num_noise, writes_input) in enumerate(specs):
+    kept = 2 * width - 2    # history slots carried to the next step: x_{i-j}, F_{i-j} for j = 1..J
+    for i, (pick, coeffs, num_noise, writes_input, kind) in enumerate(calls):
         f = adapter.network(model_input, t_batches[i], x, **extra)
         if every_output_checked or f.dtype != dtype or f.device != device or f.shape != shape \
                 or not f.is_contiguous():  # anything else than a state-like output: the context's checks
             f = _conformed(ctx, f, sigmas[i], checked_steps + i)
-        slots = [x, f] + slots[:2 * width - 2]
+        slots = [x, f] + slots[:kept]
         x = pool[(i + 1) % len(pool)]
         if writes_input:
             model_input = next(next_inputs)
             outs = [x, model_input]
         else:
             model_input, outs = x, [x]
-        inputs = [slots[k] for k in pick]
-        kind = (len(pick), num_noise, writes_input, f.dtype)
-        op = ops.get(kind)
+        inputs = pick(slots)
+        op = ops.get((kind, f.dtype))
         if op is None:
-            ops[kind] = ctx._fused_step(inputs, coeffs, num_noise, seeds if num_noise else None, i, outs)
+            ops[(kind, f.dtype)] = ctx._fused_step(inputs, coeffs, num_noise, seeds if num_noise else None, i, outs)
         else:
             op(outs, inputs, coeffs, seeds if num_noise else None, i, num_noise)
-    ctx.nfe = checked_steps + len(specs)
+    ctx.nfe = checked_steps + len(calls)
     return x
