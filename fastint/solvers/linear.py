@@ -96,7 +96,8 @@ def _remember(memo: dict, key, value):
 _PREALLOCATED_BYTES = 32 << 20   # a run's state buffers and network inputs allocated at once up to this size
 
 
-def _buffers(ctx, x: torch.Tensor, pool_size: int, input_count: int):
+def _buffers(ctx, x: torch.Tensor, pool_size: int,
+             input_count: int) -> Tuple[Sequence[torch.Tensor], torch.Tensor, Iterator[torch.Tensor]]:
     """``(pool, first_input, next_inputs)`` for states like ``x``: ``pool_size`` state buffers, a buffer for the
     first network input and an iterator over the ``input_count`` fresh buffers of the network inputs the steps write,
     in order. Up to ``_PREALLOCATED_BYTES`` in all they are views of one block allocated before the first network
