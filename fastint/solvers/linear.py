@@ -52,11 +52,16 @@ def plannable(ctx) -> bool:
     return all(ctx._host_plan(s) is not None for s in ctx.sigmas[:-1])
 
 
-def _step_specs(steps: List[LinearStep], plans) -> List[Tuple[List[int], List[float], int, bool]]:
-    """Per step: the slots it reads (indices into [x_i, F_i, x_{i-1}, F_{i-1}, ...]), its flattened coefficient
-    rows (first row, noise, then c_in_{i+1} times both when it also writes the next network input), K and whether
-    it writes that input."""
-    specs, last = [], len(steps) - 1
+def _picker(pick: List[int]) -> Callable[[list], tuple]:
+    """``slots -> tuple of slots[k] for k in pick`` (an ``itemgetter``: no Python frame per step)."""
+    return operator.itemgetter(*pick) if len(pick) > 1 else lambda slots, k=pick[0]: (slots[k],)
+
+
+def _step_calls(steps: List[LinearStep], plans) -> List[Tuple[Callable[[list], tuple], List[float], int, bool, tuple]]:
+    """Per step: a picker of the slots it reads (indices into [x_i, F_i, x_{i-1}, F_{i-1}, ...], see ``_picker``),
+    its flattened coefficient rows (first row, noise, then c_in_{i+1} times both when it also writes the next network
+    input), K, whether it writes that input, and its kind (slots read, K, writes the input)."""
+    calls, last = [], len(steps) - 1
     for i, (a, d, noise) in enumerate(steps):
         pick, coeffs = [], []
         for j in range(min(i + 1, len(d))):
@@ -72,13 +77,9 @@ def _step_specs(steps: List[LinearStep], plans) -> List[Tuple[List[int], List[fl
         c_in_next = plans[i + 1][0] if i < last else 1.0
         if c_in_next != 1.0:
             coeffs += [c_in_next * c for c in coeffs]
-        specs.append((pick, coeffs, num_noise, c_in_next != 1.0))
-    return specs
-
-
-def _picker(pick: List[int]) -> Callable[[list], tuple]:
-    """``slots -> tuple of slots[k] for k in pick`` (an ``itemgetter``: no Python frame per step)."""
-    return operator.itemgetter(*pick) if len(pick) > 1 else lambda slots, k=pick[0]: (slots[k],)
+        writes_input = c_in_next != 1.0
+        calls.append((_picker(pick), coeffs, num_noise, writes_input, (len(pick), num_noise, writes_input)))
+    return calls
 
 
 _STEPS: Dict[tuple, List[LinearStep]] = {}            # (solver key, sigmas) -> steps
@@ -139,13 +140,11 @@ def run_linear(ctx, x: torch.Tensor, solver_key: tuple, make_steps: Callable[[],
     planned = per_adapter.get(adapter_key)
     if planned is None:
         plans = [ctx._host_plan(s) for s in sigmas[:len(steps)]]
-        specs = _step_specs(steps, plans)
-        coefficients = [c for spec in specs for c in spec[1]]
+        calls = _step_calls(steps, plans)
+        coefficients = [c for call in calls for c in call[1]]
         if not all(math.isfinite(c) for c in coefficients):
             raise ValueError(f"non-finite step coefficients {coefficients}: check the sigmas and solver options")
-        calls = [(_picker(pick), coeffs, num_noise, writes_input, (len(pick), num_noise, writes_input))
-                 for pick, coeffs, num_noise, writes_input in specs]
-        planned = _remember(per_adapter, adapter_key, (plans, calls, sum(1 for spec in specs if spec[3])))
+        planned = _remember(per_adapter, adapter_key, (plans, calls, sum(1 for call in calls if call[3])))
     plans, calls, input_count = planned
     t_batches = adapter.timestep_batches(x, [plan[3] for plan in plans])
     width = len(steps[0].d)
