@@ -73,7 +73,8 @@ def _extension_setup():
 
     cxx_flags = ["-O3", "-fopenmp", f'-DFASTINT_TORCH_VERSION="{torch.__version__}"']
     nvcc_flags = ["-O3", f'-DFASTINT_TORCH_VERSION="{torch.__version__}"', "-DFASTINT_WITH_CUDA"]
-    sources = ["csrc/ops.cpp", "csrc/python_entry.cpp", "csrc/cpu/fused_step.cpp", "csrc/cpu/fused_step_default.cpp"]
+    sources = ["csrc/ops.cpp", "csrc/python_entry.cpp", "csrc/all_finite.cpp", "csrc/cpu/fused_step.cpp",
+               "csrc/cpu/fused_step_default.cpp"]
     if with_cuda:
         sources.append("csrc/cuda/fused_step.cu")
         cxx_flags.append("-DFASTINT_WITH_CUDA")
@@ -85,7 +86,7 @@ def _extension_setup():
     ext = ext_cls("fastint._C", sources, extra_compile_args=extra_compile_args, extra_link_args=["-fopenmp"],
                   include_dirs=[os.path.join(ROOT, "csrc")],
                   depends=[os.path.join(ROOT, "csrc", p) for p in
-                           ("philox.h", "fused_step.h", "ops.h", "python_entry.h", "cpu/fused_step_kernel.h",
+                           ("philox.h", "fused_step.h", "ops.h", "python_entry.h", "all_finite.h", "cpu/fused_step_kernel.h",
                             "cpu/fused_step_impl.h", "cuda/fused_step_kernel.cuh")])
 
     class BuildExt(cpp_extension.BuildExtension):

@@ -17,13 +17,16 @@
 
 extern "C" {
 // `import fastint._C` loads this library so that the static TORCH_LIBRARY registrations run; the ops are reached
-// through torch.ops.fastint, and the module has one function, the fast Python entry `fused_step`
-// (python_entry.cpp).
+// through torch.ops.fastint, and the module has two functions, the fast Python entry `fused_step` and
+// `all_finite` (python_entry.cpp).
 PyObject* PyInit__C(void) {
   static PyMethodDef methods[] = {
       {"fused_step", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(&fastint::fused_step_fastcall)),
        METH_FASTCALL, "fused_step(outs, inputs, coeffs, seeds, counter, num_noise): torch.ops.fastint.fused_step "
                       "without the boxed argument path"},
+      {"all_finite", &fastint::all_finite_call, METH_O,
+       "all_finite(tensor) -> bool: whether every element is finite (a contiguous CPU float tensor is scanned "
+       "in place)"},
       {nullptr, nullptr, 0, nullptr}};
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "fastint compiled kernels (torch.ops.fastint)",
                                           -1, methods};

@@ -15,6 +15,7 @@
 
 #include <optional>
 
+#include "all_finite.h"
 #include "fused_step.h"
 
 namespace fastint {
@@ -102,6 +103,23 @@ PyObject* fused_step_fastcall(PyObject* /*self*/, PyObject* const* args, Py_ssiz
     fused_step_op().call(outs, inputs, coeffs, seeds, counter, num_noise);
   }
   Py_RETURN_NONE;
+  END_HANDLE_TH_ERRORS
+}
+
+PyObject* all_finite_call(PyObject* /*self*/, PyObject* tensor) {
+  HANDLE_TH_ERRORS
+  if (!THPVariable_Check(tensor)) {
+    PyErr_Format(PyExc_TypeError, "fastint._C.all_finite: expected a tensor, got %s", Py_TYPE(tensor)->tp_name);
+    return nullptr;
+  }
+  const at::Tensor& t = THPVariable_Unpack(tensor);
+  bool finite;
+  {
+    pybind11::gil_scoped_release no_gil;
+    finite = all_finite(t);
+  }
+  if (finite) Py_RETURN_TRUE;
+  Py_RETURN_FALSE;
   END_HANDLE_TH_ERRORS
 }
 

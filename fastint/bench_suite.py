@@ -18,7 +18,6 @@ speed-up per peer) and a PNG. Nothing here asserts on timings: ratios are report
 """
 
 import argparse
-import contextlib
 import datetime
 import hashlib
 import importlib

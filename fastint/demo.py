@@ -19,7 +19,6 @@ taken from the plan.
 """
 
 import json
-import math
 import os
 import re
 import sys

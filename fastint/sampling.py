@@ -14,10 +14,16 @@ CHECK_FINITE = ("end", "step", "off")
 
 
 def _sigma_list(sigmas) -> list:
-    values = sigmas.detach().to("cpu", torch.float64).tolist() if isinstance(sigmas, torch.Tensor) else \
-        [float(v) for v in sigmas]
-    if isinstance(sigmas, torch.Tensor) and sigmas.dim() != 1:
-        raise ValueError(f"sigmas must be 1-D, got shape {tuple(sigmas.shape)}")
+    if isinstance(sigmas, torch.Tensor):
+        if sigmas.dim() != 1:
+            raise ValueError(f"sigmas must be 1-D, got shape {tuple(sigmas.shape)}")
+        if sigmas.is_complex() or sigmas.dtype == torch.bool:
+            raise TypeError(f"sigmas must be real numbers, got a {sigmas.dtype} tensor")
+        values = sigmas.tolist()  # Python floats hold every float dtype's values exactly
+        if not sigmas.is_floating_point():
+            values = [float(v) for v in values]
+    else:
+        values = [float(v) for v in sigmas]
     if len(values) < 2:
         raise ValueError("sigmas needs at least two values (one step)")
     if not all(map(math.isfinite, values)):

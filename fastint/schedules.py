@@ -13,7 +13,7 @@ denoiser from ``fastint.models`` (``DiscreteVPDenoiser``, ``FlowDenoiser``, ...)
 import functools
 import math
 import weakref
-from typing import NamedTuple, Sequence, Union
+from typing import NamedTuple
 
 import numpy as np
 import torch

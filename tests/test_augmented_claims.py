@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from fastint.augmented import CLD, PSLD, AugmentedTarget, ExactScore, nfe_per_step, sample_augmented, time_grid
+from fastint.augmented import CLD, PSLD, AugmentedTarget, ExactScore, nfe_per_step, sample_augmented
 from fastint.metrics import random_directions, sliced_wasserstein
 from fastint.models.gaussian_mixture import default_mixture
 

@@ -187,17 +187,21 @@ def test_planned_loop_memo_follows_the_sigmas_the_options_and_the_adapter():
 
 def test_planned_loop_with_odd_layouts_and_dtypes():
     """A non-contiguous initial state, a non-contiguous network output, and network outputs in float64 or float16
-    for a float32 state: the same samples as the plain path (which converts D to the state's dtype)."""
+    for a float32 state: the same samples as the plain path (which converts D to the state's dtype), also where the
+    compiled op sees the output first (it refuses float64 and strided tensors; the loop then converts them)."""
     _, sigmas = _setup(torch.float32)
     x = (torch.randn(7, 2, 3, generator=torch.Generator().manual_seed(5)) * float(sigmas[0])).permute(2, 1, 0)
     net = Network()
     layouts = {"transposed": lambda x, t: net(x, t).transpose(0, 2).contiguous().transpose(0, 2),
                "float64": lambda x, t: net(x.double(), t),
                "float16": lambda x, t: net(x, t).half()}
+    backends = [b["name"] for b in fastint.list_backends() if b["available"] and b["name"] in ("cpp", "eager")]
+    for backend in backends:
+        _warm_up(x, sigmas, "dpmpp_2m", backend)
     for name, fn in layouts.items():
         adapter = DiscreteVPDenoiser(fn, _ab())
         want = fastint.sample(_plain(adapter), x.contiguous(), sigmas, "dpmpp_2m", backend="eager")
-        for backend in [b["name"] for b in fastint.list_backends() if b["available"] and b["name"] in ("cpp", "eager")]:
+        for backend in backends:
             got = fastint.sample(adapter, x, sigmas, "dpmpp_2m", backend=backend)
             assert got.dtype == torch.float32 and got.is_contiguous()
             tol = 2e-3 if name == "float16" else 2e-5
@@ -233,9 +237,19 @@ def test_setting_an_adapter_attribute_takes_effect(solver):
     assert torch.equal(changed, fresh) and not torch.allclose(changed, first)
 
 
+def _warm_up(x, sigmas, solver, backend):
+    """A run with a well-behaved network, so that later planned runs of this kind find their ops remembered: with
+    the compiled backend (whose op checks its tensors itself) they hand each network output straight to the op."""
+    from fastint.ops import registry
+    fastint.sample(_adapters(Network())["discrete_eps"], x, sigmas, solver, backend=backend)
+    memo = registry.op_memo(registry.choice_key((x.dtype, x.device.type), backend))
+    assert memo and all(entry[0].raw_checks == (backend == "cpp") for entry in memo.values()), memo
+
+
 def test_planned_loop_reports_a_bad_network_output_by_name():
-    """The planned loop checks a network output only as far as the fused op needs (dtype, shape, layout) and leaves
-    the rest to the op; whatever is wrong, the error names the network output, and the caller's x is untouched."""
+    """The planned loop leaves the checks of a network output to an op that checks its tensors itself (the compiled
+    backend, once a call of the kind was validated) and checks it itself otherwise; whatever is wrong, the error
+    names the network output, and the caller's x is untouched."""
     x, sigmas = _setup(torch.float32, seed=int(torch.randint(0, 2 ** 31, (1,))))
     x_before = x.clone()
     ab = _ab()
@@ -244,6 +258,9 @@ def test_planned_loop_reports_a_bad_network_output_by_name():
            "device": (lambda u, t: torch.empty(u.shape, device="meta"), ValueError, "on meta"),
            "not a tensor": (lambda u, t: "noise", TypeError, "str")}
     backends = [b["name"] for b in fastint.list_backends() if b["available"] and b["name"] in ("cpp", "eager")]
+    for solver in ("euler", "dpmpp_2m"):
+        for backend in backends:
+            _warm_up(x, sigmas, solver, backend)
     for name, (net, exc, match) in bad.items():
         for solver in ("euler", "dpmpp_2m"):
             for backend in backends:

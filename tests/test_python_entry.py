@@ -64,3 +64,21 @@ def test_inference_mode():
 def test_bad_arguments_are_named(args, error, match):
     with pytest.raises(error, match=match):
         _entry()(*args)
+
+
+def test_a_meta_tensor_among_real_ones_is_refused_before_anything_is_written():
+    """The op's meta (fake) implementation makes the compiled op's tensor checks: a meta tensor among CPU ones is
+    refused (the planned sampling loop relies on the op refusing any output it cannot read), all-meta calls pass."""
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31, (1,))))
+    x = torch.randn(2, 33, generator=gen)
+    out = torch.full_like(x, 7.0)
+    for call in (_entry(), torch.ops.fastint.fused_step):
+        for inputs in ([x, torch.empty(2, 33, device="meta")], [torch.empty(2, 33, device="meta"), x]):
+            with pytest.raises(RuntimeError, match="meta"):
+                call([out], inputs, [1.0, 1.0], None, 0, 0)
+            assert torch.equal(out, torch.full_like(x, 7.0))
+        with pytest.raises(RuntimeError, match="float32, float16 or bfloat16"):
+            call([torch.empty(2, 33, device="meta")], [torch.empty(2, 33, device="meta", dtype=torch.float64)],
+                 [1.0], None, 0, 0)
+        meta = [torch.empty(2, 33, device="meta") for _ in range(3)]
+        assert call(meta[:1], meta[1:], [1.0, 2.0], None, 0, 0) is None

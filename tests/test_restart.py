@@ -2,13 +2,12 @@
 noise addressing, quality against the ODE and SDE baselines, and bad configurations."""
 
 import json
-import math
 
 import pytest
 import torch
 
 import fastint
-from fastint.models import GaussianMixture, default_mixture
+from fastint.models import default_mixture
 from fastint.ops.philox import normals
 from fastint.schedules import karras
 from fastint.solvers.restart import plan_restart, parse_restart_info, restart_nfe

@@ -1,6 +1,5 @@
 """fastint.sample's contract: inputs never corrupted, clear errors on bad input, seeds, callbacks, progress."""
 
-import math
 
 import pytest
 import torch
@@ -160,22 +159,3 @@ def test_the_sampling_loop_never_reads_device_values(solver):
     out = fastint.sample(lambda x_in, sigma: x_in * 0.5, x, sigmas, solver, seed=3, backend="eager",
                          check_finite="off", **({"s_churn": 1.0} if solver in ("euler", "heun") else {}))
     assert out.device.type == "meta" and out.shape == x.shape
-
-
-def test_all_finite_is_exact_when_the_sum_overflows():
-    """The finiteness check sums first (one reduction); a non-finite sum of finite values (overflow) is settled
-    element by element, and every NaN / infinity is found wherever it sits."""
-    from fastint.solvers.base import all_finite
-    gen = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31, (1,))))
-    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        big = torch.finfo(dtype).max
-        x = (torch.rand(4, 3, 5, generator=gen) + 0.5).to(dtype) * (big / 2)   # finite, the sum overflows
-        assert not math.isfinite(x.sum().item()) and all_finite(x)
-        assert all_finite(torch.randn(4, 3, 5, generator=gen).to(dtype))
-        for bad in (float("nan"), float("inf"), -float("inf")):
-            y = torch.randn(4, 3, 5, generator=gen).to(dtype)
-            y.view(-1)[int(torch.randint(0, y.numel(), (1,), generator=gen))] = bad
-            assert not all_finite(y), (dtype, bad)
-        z = torch.randn(4, 3, 5, generator=gen).to(dtype)
-        z[0, 0, 0], z[3, 2, 4] = float("inf"), -float("inf")
-        assert not all_finite(z)

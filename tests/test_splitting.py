@@ -12,7 +12,7 @@ from scipy.integrate import solve_ivp
 import fastint
 from fastint.models import GaussianMixture, default_mixture
 from fastint.schedules import karras
-from fastint.solvers.guidance import classifier_guidance, mixture_class_guidance
+from fastint.solvers.guidance import mixture_class_guidance
 
 from reference_splitting import guided_sample, rk4_flow, split_exact
 

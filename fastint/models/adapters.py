@@ -29,7 +29,7 @@ may return a tensor, a tuple/list (first element is used) or an object with a ``
 
 import bisect
 import math
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 
@@ -53,7 +53,8 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _unwrap(name: str, out, x: torch.Tensor) -> torch.Tensor:
+def output_tensor(name: str, out) -> torch.Tensor:
+    """The tensor a model returned: itself, the first element of a tuple/list, or ``out.sample`` (diffusers)."""
     if not isinstance(out, torch.Tensor):
         if isinstance(out, (tuple, list)) and out:
             out = out[0]
@@ -62,10 +63,20 @@ def _unwrap(name: str, out, x: torch.Tensor) -> torch.Tensor:
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"{name}: the model returned {type(out).__name__}, expected a tensor (or a tuple / an object "
                         f"with .sample holding one)")
-    if out.shape != x.shape:
-        raise ValueError(f"{name}: the model output has shape {tuple(out.shape)} but x has shape {tuple(x.shape)} "
+    return out
+
+
+def check_output_shape(name: str, out: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``out`` itself when it has the state's ``shape``; a clear error naming both shapes otherwise."""
+    if out.shape != shape:
+        raise ValueError(f"{name}: the model output has shape {tuple(out.shape)} but x has shape {tuple(shape)} "
                          f"(a model that also predicts variances returns 2x the channels: slice them off first)")
     return out
+
+
+def _unwrap(name: str, out, x: torch.Tensor) -> torch.Tensor:
+    """``output_tensor``, checked to have ``x``'s shape."""
+    return check_output_shape(name, output_tensor(name, out), x.shape)
 
 
 def to_denoised(output: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor,
@@ -163,33 +174,27 @@ class _Adapter:
         checked against ``x``'s shape."""
         return _unwrap(type(self).__name__, self.inner_model(model_input, self.timesteps(x, t), **extra_args), x)
 
-    def network(self, model_input: torch.Tensor, t_batch: torch.Tensor, x: torch.Tensor, **extra_args):
-        """``network_output`` with the timestep batch already made (``timesteps``)."""
-        return _unwrap(type(self).__name__, self.inner_model(model_input, t_batch, **extra_args), x)
-
     def timesteps(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        """The timestep batch (a fill) for state ``x`` and the timestep ``t`` of ``host_plan``. On the CPU it is
-        cached per (t, dtype, batch): the same tensor is handed to the network again as long as its version counter
-        shows it unmodified (it is made outside inference mode so that it has one); a network that writes into it
-        gets a fresh one next time."""
-        return self.timestep_batches(x, [t])[0]
+        """The timestep batch (a fill) for state ``x`` and the timestep ``t`` of ``host_plan``."""
+        return self.timestep_batches(x, (t,))[0]
 
-    def timestep_batches(self, x: torch.Tensor, ts) -> list:
-        """``[timesteps(x, t) for t in ts]``, the dtype and device looked up once."""
+    def timestep_batches(self, x: torch.Tensor, ts: tuple) -> Sequence[torch.Tensor]:
+        """``[timesteps(x, t) for t in ts]``: rows of one (len(ts), batch) tensor. On the CPU they are cached per
+        (ts, dtype, batch): the same rows are handed to the network again as long as the version counter they share
+        shows them unmodified (they are made outside inference mode so that they have one); a network that writes
+        into one gets fresh rows next time."""
         dtype, batch = self._timestep_dtype(x), x.shape[0]
         if x.device.type != "cpu":
-            return [torch.full((batch,), t, dtype=dtype, device=x.device) for t in ts]
-        cache, out = self._timestep_cache, []
-        for t in ts:
-            hit = cache.get((t, dtype, batch))
-            if hit is None or hit[0]._version != hit[1]:
-                with torch.inference_mode(False):
-                    tensor = torch.full((batch,), t, dtype=dtype)
-                if len(cache) < _PLAN_CACHE or (t, dtype, batch) in cache:
-                    cache[(t, dtype, batch)] = (tensor, tensor._version)
-                hit = (tensor,)
-            out.append(hit[0])
-        return out
+            return [torch.full((batch,), t, dtype=dtype, device=x.device) for t in ts]  # fills: capturable
+        key = (ts, dtype, batch)
+        hit = self._timestep_cache.get(key)
+        if hit is None or hit[0]._version != hit[1]:
+            with torch.inference_mode(False):
+                block = torch.tensor(ts, dtype=dtype).repeat_interleave(batch).view(len(ts), batch)
+                hit = (block, block._version, block.unbind(0))
+            if len(self._timestep_cache) < _PLAN_CACHE or key in self._timestep_cache:
+                self._timestep_cache[key] = hit
+        return hit[2]
 
     def denoise_at(self, x: torch.Tensor, sigma: float, **extra_args) -> torch.Tensor:
         """``D(x, sigma)`` for one host float ``sigma`` shared by the batch (the sampling loop's call).

@@ -11,7 +11,7 @@ per sample. Computation happens in the input's dtype (float64 for the exact refe
 """
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import torch
 

@@ -38,6 +38,15 @@ def _register_fakes() -> None:
     try:
         @torch.library.register_fake("fastint::fused_step")
         def _fused_step_fake(outs, inputs, coeffs, seeds, counter, num_noise):
+            """The compiled op's tensor checks (ops.cpp: one device and one shape for every tensor, float32 /
+            float16 / bfloat16), nothing computed: a meta or fake tensor among real ones is refused as there."""
+            ref = inputs[0]
+            for what, tensors in (("input", inputs), ("output", outs)):
+                for k, t in enumerate(tensors):
+                    if t.device != ref.device or t.shape != ref.shape or t.dtype not in _DTYPES:
+                        raise RuntimeError(f"fastint::fused_step: {what} {k} is {t.dtype} {tuple(t.shape)} on "
+                                           f"{t.device}; input 0 is {tuple(ref.shape)} on {ref.device} (float32, "
+                                           "float16 or bfloat16 tensors of one shape on one device)")
             return None
 
         @torch.library.register_fake("fastint::philox_words")
@@ -151,7 +160,7 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 registry.register(registry.Backend(
     name="cpp", description="compiled C++ CPU kernel (at::parallel_for, SIMD Philox + SLEEF Box-Muller)",
-    devices=("cpu",), dtypes=_DTYPES, probe=_probe_cpp, run=_run, raw=_raw))
+    devices=("cpu",), dtypes=_DTYPES, probe=_probe_cpp, run=_run, raw=_raw, raw_checks=True))
 registry.register(registry.Backend(
     name="cuda", description="compiled CUDA kernel (vectorised loads, grid-stride, in-kernel Philox)",
-    devices=("cuda",), dtypes=_DTYPES, probe=_probe_cuda, run=_run, raw=_raw))
+    devices=("cuda",), dtypes=_DTYPES, probe=_probe_cuda, run=_run, raw=_raw, raw_checks=True))

@@ -28,6 +28,8 @@ class Backend:
     ``run`` executes a validated call. ``dtypes`` and ``devices`` declare what it supports. ``raw``, when given,
     returns the op itself as ``f(outs, inputs, coeffs, seeds, counter, num_noise)`` (used once the backend is
     available), so that a caller repeating an already validated kind of call skips building a ``FusedStepCall``.
+    ``raw_checks``: that op checks every tensor's dtype, device, shape and contiguity itself, before it writes
+    anything, and raises RuntimeError for a call it cannot run (a caller may leave those checks to it).
     """
 
     name: str
@@ -37,6 +39,7 @@ class Backend:
     probe: Callable[[], Optional[str]]
     run: Callable[[FusedStepCall], None]
     raw: Optional[Callable[[], Callable[..., None]]] = None
+    raw_checks: bool = False
     _reason: Optional[str] = field(default=None, init=False)
     _probed: bool = field(default=False, init=False)
 
@@ -72,7 +75,7 @@ _BACKENDS: Dict[str, Backend] = {}
 _state = threading.local()
 _env_warned = set()
 _CHOICES: Dict[tuple, Tuple[Backend, Callable[..., None]]] = {}  # see remember_choice
-_OP_MEMOS: Dict[tuple, Dict[tuple, Callable[..., None]]] = {}     # see op_memo
+_OP_MEMOS: Dict[tuple, Dict[tuple, Tuple[Backend, Callable[..., None]]]] = {}  # see op_memo
 
 
 def register(backend: Backend) -> Backend:
@@ -102,10 +105,11 @@ def remember_choice(key: tuple, backend: Backend) -> Tuple[Backend, Callable[...
     return choice
 
 
-def op_memo(key: tuple) -> Dict[tuple, Callable[..., None]]:
+def op_memo(key: tuple) -> Dict[tuple, Tuple[Backend, Callable[..., None]]]:
     """A dict, the same for every call with this ``key`` (a ``choice_key``), in which a caller that runs many calls
-    of a few kinds keeps the raw op of each kind once a call of that kind went through ``remember_choice`` (the
-    planned sampling loop: no per-run lookup of the choice); emptied with the choices by ``register``."""
+    of a few kinds keeps the ``(backend, raw op)`` of each kind once a call of that kind went through
+    ``remember_choice`` (the planned sampling loop: no per-run lookup of the choice); emptied with the choices by
+    ``register``."""
     memo = _OP_MEMOS.get(key)
     if memo is None:
         memo = _OP_MEMOS[key] = {}

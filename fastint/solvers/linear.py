@@ -14,7 +14,8 @@ before the loop, all computed from the sigmas in float64. With an adapter that h
 
 and every step's coefficient list, the inputs it picks from (x_i, F_i, x_{i-1}, F_{i-1}, ...), its timestep batch
 and its output buffer are fixed before the first network call (the Python that runs between two network calls
-runs with cold caches, so the loop body is kept to the network call, its output check and one fused-op call).
+runs with cold caches, so the loop body is kept to the network call and one fused-op call; the compiled op checks
+the network output itself, any other backend gets it checked first).
 Zero coefficients are dropped as ``combine`` drops them. State buffers rotate with period J + 1: x_{i+1} takes the
 buffer of x_{i-J}, which step i reads for the last time (an exact alias, allowed). A network output in another
 float dtype than the state enters the op as it is (the op converts per input; float64 is first converted to the
@@ -25,10 +26,11 @@ merged coefficients.
 import math
 import operator
 import weakref
-from typing import Callable, Dict, Iterator, List, NamedTuple, Sequence, Tuple
+from typing import Callable, Iterator, List, NamedTuple, Sequence, Tuple
 
 import torch
 
+from ..models.adapters import check_output_shape, output_tensor
 from ..ops import registry
 
 _OP_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # the op reads these per input
@@ -49,7 +51,7 @@ def plannable(ctx) -> bool:
     if ctx._host_plan is None or ctx.callback is not None or ctx.progress_bar is not None \
             or ctx.noise_sampler is not None:
         return False
-    return all(ctx._host_plan(s) is not None for s in ctx.sigmas[:-1])
+    return all(map(ctx._host_plan, ctx.sigmas[:-1]))  # a plan is a non-empty tuple
 
 
 def _picker(pick: List[int]) -> Callable[[list], tuple]:
@@ -82,8 +84,7 @@ def _step_calls(steps: List[LinearStep], plans) -> List[Tuple[Callable[[list], t
     return calls
 
 
-_STEPS: Dict[tuple, List[LinearStep]] = {}            # (solver key, sigmas) -> steps
-_SPECS = weakref.WeakKeyDictionary()  # adapter -> {(solver key, sigmas, revision): (plans, calls, input count)}
+_SPECS = weakref.WeakKeyDictionary()  # adapter -> {(solver key, sigmas, revision): _plan's tuple}
 _MEMO_SIZE = 64                                         # entries per memo (oldest dropped first)
 
 
@@ -113,12 +114,25 @@ def _buffers(ctx, x: torch.Tensor, pool_size: int,
             (ctx._input_buffer() for _ in range(input_count)))
 
 
+def _plan(ctx, steps: List[LinearStep]) -> tuple:
+    """What a run needs of its steps, before any tensor: c_in of the first network input, the timesteps, the step
+    calls (``_step_calls``), each step's kind, the state buffers' rotation period and how many network inputs the
+    steps write."""
+    plans = [ctx._host_plan(s) for s in ctx.sigmas[:len(steps)]]
+    calls = _step_calls(steps, plans)
+    coefficients = [c for call in calls for c in call[1]]
+    if not all(math.isfinite(c) for c in coefficients):
+        raise ValueError(f"non-finite step coefficients {coefficients}: check the sigmas and solver options")
+    return (plans[0][0], tuple(plan[3] for plan in plans), calls, [call[4] for call in calls],
+            min(len(steps[0].d), len(steps)), sum(1 for call in calls if call[3]))
+
+
 def _conformed(ctx, f: torch.Tensor, sigma: float, evaluations_before: int) -> torch.Tensor:
-    """The slow path of a network output ``f``: the context's checks (shape, dtype, device, finiteness when asked,
-    with the evaluation's number in the message), then the conversions the op needs (a float dtype the op cannot
-    read goes to the state's dtype; a strided output is made contiguous)."""
+    """The checked path of a network output ``f`` (a tensor): its shape against the adapter's, the context's checks
+    (dtype, device, finiteness when asked, with the evaluation's number in the message), then the conversions the op
+    needs (a float dtype the op cannot read goes to the state's dtype; a strided output is made contiguous)."""
     ctx.nfe = evaluations_before
-    f = ctx._checked(f, sigma)
+    f = ctx._checked(check_output_shape(type(ctx.model).__name__, f, ctx.shape), sigma)
     if f.dtype != ctx.dtype and f.dtype not in _OP_DTYPES:
         f = f.to(ctx.dtype)
     return f if f.is_contiguous() else f.contiguous()
@@ -126,42 +140,48 @@ def _conformed(ctx, f: torch.Tensor, sigma: float, evaluations_before: int) -> t
 
 def run_linear(ctx, x: torch.Tensor, solver_key: tuple, make_steps: Callable[[], List[LinearStep]]) -> torch.Tensor:
     """Run the solver's steps (``make_steps()``: one per interval of ``ctx.sigmas``) from ``x``; see the module
-    docstring. ``solver_key`` identifies the solver and its options: the steps, and per adapter the expanded
-    coefficients, are computed once per (solver key, sigmas) and reused by later runs (they are host floats that
-    depend on nothing else; an adapter's ``revision`` changes when one of its attributes is set)."""
+    docstring. ``solver_key`` identifies the solver and its options: per adapter, the steps' expanded coefficients
+    are computed once per (solver key, sigmas) and reused by later runs (they are host floats that depend on nothing
+    else; an adapter's ``revision`` changes when one of its attributes is set).
+
+    Once a kind of step has run on a backend whose op checks its tensors itself (``Backend.raw_checks``: the
+    compiled extension), later steps of that kind hand the network output straight to the op; only when the op
+    refuses it does the output take the checked path (``_conformed``), which names the problem or converts it."""
     adapter, extra, sigmas, seeds = ctx.model, ctx.extra_args, ctx.sigmas, ctx.seeds
-    key = (solver_key, tuple(sigmas))
-    steps = _STEPS.get(key) or _remember(_STEPS, key, make_steps())
+    key = (solver_key, tuple(sigmas), adapter.revision)
     try:
-        per_adapter = _SPECS.setdefault(adapter, {})
+        per_adapter = _SPECS.get(adapter)
+        if per_adapter is None:
+            per_adapter = _SPECS[adapter] = {}
     except TypeError:  # a model object that takes no weak reference: no memo
         per_adapter = {}
-    adapter_key = key + (adapter.revision,)
-    planned = per_adapter.get(adapter_key)
+    planned = per_adapter.get(key)
     if planned is None:
-        plans = [ctx._host_plan(s) for s in sigmas[:len(steps)]]
-        calls = _step_calls(steps, plans)
-        coefficients = [c for call in calls for c in call[1]]
-        if not all(math.isfinite(c) for c in coefficients):
-            raise ValueError(f"non-finite step coefficients {coefficients}: check the sigmas and solver options")
-        planned = _remember(per_adapter, adapter_key, (plans, calls, sum(1 for call in calls if call[3])))
-    plans, calls, input_count = planned
-    t_batches = adapter.timestep_batches(x, [plan[3] for plan in plans])
-    width = len(steps[0].d)
-    pool, first_input, next_inputs = _buffers(ctx, x, min(width, len(steps)), input_count)
-    slots: List[torch.Tensor] = []
-    # ((inputs, noise streams, writes the input), F's dtype) -> the raw op, once ctx has checked a call of that kind
+        planned = _remember(per_adapter, key, _plan(ctx, make_steps()))
+    c_in_first, timesteps, calls, kinds, pool_size, input_count = planned
+    t_batches = adapter.timestep_batches(x, timesteps)
+    pool, first_input, next_inputs = _buffers(ctx, x, pool_size, input_count)
+    # ((inputs, noise streams, writes the input), F's dtype) -> (backend, raw op), once ctx has checked a call of
+    # that kind; `unchecked`: per step, the op of a backend that checks its tensors itself (F in the state's dtype)
     ops = registry.op_memo(registry.choice_key((ctx.dtype, ctx.device.type), ctx.backend))
     shape, dtype, device, checked_steps = ctx.shape, ctx.dtype, ctx.device, ctx.nfe
     every_output_checked = ctx.check_finite == "step"
+    self_checking = {}
+    if not every_output_checked:
+        for kind in set(kinds):
+            entry = ops.get((kind, dtype))
+            if entry is not None and entry[0].raw_checks:
+                self_checking[kind] = entry[1]
+    unchecked = list(map(self_checking.get, kinds))
+    network, name = adapter.inner_model, type(adapter).__name__
     x = x if x.is_contiguous() else x.contiguous()
-    model_input = x if plans[0][0] == 1.0 else torch.mul(x, plans[0][0], out=first_input)
-    kept = 2 * width - 2    # history slots carried to the next step: x_{i-j}, F_{i-j} for j = 1..J
+    model_input = x if c_in_first == 1.0 else torch.mul(x, c_in_first, out=first_input)
+    slots: List[torch.Tensor] = []
+    kept = 2 * pool_size - 2    # history slots carried to the next step: x_{i-j}, F_{i-j} for j = 1..J
     for i, (pick, coeffs, num_noise, writes_input, kind) in enumerate(calls):
-        f = adapter.network(model_input, t_batches[i], x, **extra)
-        if every_output_checked or f.dtype != dtype or f.device != device or f.shape != shape \
-                or not f.is_contiguous():  # anything else than a state-like output: the context's checks
-            f = _conformed(ctx, f, sigmas[i], checked_steps + i)
+        f = network(model_input, t_batches[i], **extra)
+        if type(f) is not torch.Tensor:
+            f = output_tensor(name, f)
         slots = [x, f] + slots[:kept]
         x = pool[(i + 1) % len(pool)]
         if writes_input:
@@ -169,11 +189,21 @@ def run_linear(ctx, x: torch.Tensor, solver_key: tuple, make_steps: Callable[[],
             outs = [x, model_input]
         else:
             model_input, outs = x, [x]
-        inputs = pick(slots)
-        op = ops.get((kind, f.dtype))
-        if op is None:
-            ops[(kind, f.dtype)] = ctx._fused_step(inputs, coeffs, num_noise, seeds if num_noise else None, i, outs)
+        op = unchecked[i]
+        if op is not None:
+            try:
+                op(outs, pick(slots), coeffs, seeds if num_noise else None, i, num_noise)
+                continue
+            except RuntimeError:  # the op refused F (dtype, device, shape or layout): the checked path says why
+                pass
+        if every_output_checked or f.dtype != dtype or f.device != device or f.shape != shape \
+                or not f.is_contiguous():  # anything else than a state-like output: the context's checks
+            slots[1] = f = _conformed(ctx, f, sigmas[i], checked_steps + i)
+        entry = ops.get((kind, f.dtype))
+        if entry is None:
+            ops[(kind, f.dtype)] = ctx._fused_step(pick(slots), coeffs, num_noise, seeds if num_noise else None, i,
+                                                   outs)
         else:
-            op(outs, inputs, coeffs, seeds if num_noise else None, i, num_noise)
+            entry[1](outs, pick(slots), coeffs, seeds if num_noise else None, i, num_noise)
     ctx.nfe = checked_steps + len(calls)
     return x

@@ -53,7 +53,7 @@ import copy
 import json
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from .base import Option, Solver, non_negative
 from .restart_presets import PRESETS

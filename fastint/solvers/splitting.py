@@ -41,7 +41,6 @@ with ``labels`` (gradient by autograd, ``fastint.solvers.guidance``); ``guidance
 guidance is plain PLMS; ``lie_trotter`` and ``strang`` require it.
 """
 
-import math
 
 import torch
 
