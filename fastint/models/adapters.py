@@ -178,7 +178,7 @@ class _Adapter:
         """The timestep batch (a fill) for state ``x`` and the timestep ``t`` of ``host_plan``."""
         return self.timestep_batches(x, (t,))[0]
 
-    def timestep_batches(self, x: torch.Tensor, ts: tuple) -> Sequence[torch.Tensor]:
+    def timestep_batches(self, x: torch.Tensor, ts: Sequence[float]) -> Sequence[torch.Tensor]:
         """``[timesteps(x, t) for t in ts]``: rows of one (len(ts), batch) tensor. On the CPU they are cached per
         (ts, dtype, batch): the same rows are handed to the network again as long as the version counter they share
         shows them unmodified (they are made outside inference mode so that they have one); a network that writes
@@ -186,7 +186,7 @@ class _Adapter:
         dtype, batch = self._timestep_dtype(x), x.shape[0]
         if x.device.type != "cpu":
             return [torch.full((batch,), t, dtype=dtype, device=x.device) for t in ts]  # fills: capturable
-        key = (ts, dtype, batch)
+        key = (tuple(ts), dtype, batch)
         hit = self._timestep_cache.get(key)
         if hit is None or hit[0]._version != hit[1]:
             with torch.inference_mode(False):
