@@ -326,3 +326,26 @@ def test_planned_loop_remembers_ops_per_backend_and_forgets_them_on_register(mon
     assert registry._OP_MEMOS == {}
     torch.testing.assert_close(fastint.sample(adapter, x, sigmas, "dpmpp_2m", backend=names[0]),
                                results[names[0]], rtol=0, atol=0)
+
+
+def test_planned_loop_unwraps_tuples_lists_and_sample_objects():
+    """A network may return its output in a tuple, a list or an object with ``.sample`` (diffusers' UNets): the
+    planned loop unwraps each of them, on the compiled backend after its ops are remembered too, to the same
+    samples as a network that returns the tensor itself."""
+    x, sigmas = _setup(torch.float32, seed=int(torch.randint(0, 2 ** 31, (1,))))
+    net = Network()
+
+    class Output:
+        def __init__(self, sample):
+            self.sample = sample
+
+    wrappers = {"tuple": lambda out: (out, None), "list": lambda out: [out], "sample": Output}
+    backends = [b["name"] for b in fastint.list_backends() if b["available"] and b["name"] in ("cpp", "eager")]
+    for solver in ("euler", "dpmpp_2m"):
+        for backend in backends:
+            _warm_up(x, sigmas, solver, backend)
+            want = fastint.sample(DiscreteVPDenoiser(net, _ab()), x, sigmas, solver, backend=backend)
+            for name, wrap in wrappers.items():
+                got = fastint.sample(DiscreteVPDenoiser(lambda u, t, wrap=wrap: wrap(net(u, t)), _ab()), x, sigmas,
+                                     solver, backend=backend)
+                assert torch.equal(got, want), (solver, backend, name)
