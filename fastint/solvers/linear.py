@@ -116,14 +116,15 @@ def _buffers(ctx, x: torch.Tensor, pool_size: int,
 
 def _plan(ctx, steps: List[LinearStep]) -> tuple:
     """What a run needs of its steps, before any tensor: c_in of the first network input, the timesteps, the step
-    calls (``_step_calls``), each step's kind, the state buffers' rotation period and how many network inputs the
-    steps write."""
+    calls (``_step_calls``), each step's kind and the distinct kinds, the state buffers' rotation period and how many
+    network inputs the steps write."""
     plans = [ctx._host_plan(s) for s in ctx.sigmas[:len(steps)]]
     calls = _step_calls(steps, plans)
     coefficients = [c for call in calls for c in call[1]]
     if not all(math.isfinite(c) for c in coefficients):
         raise ValueError(f"non-finite step coefficients {coefficients}: check the sigmas and solver options")
-    return (plans[0][0], tuple(plan[3] for plan in plans), calls, [call[4] for call in calls],
+    kinds = [call[4] for call in calls]
+    return (plans[0][0], tuple(plan[3] for plan in plans), calls, kinds, frozenset(kinds),
             min(len(steps[0].d), len(steps)), sum(1 for call in calls if call[3]))
 
 
@@ -158,7 +159,7 @@ def run_linear(ctx, x: torch.Tensor, solver_key: tuple, make_steps: Callable[[],
     planned = per_adapter.get(key)
     if planned is None:
         planned = _remember(per_adapter, key, _plan(ctx, make_steps()))
-    c_in_first, timesteps, calls, kinds, pool_size, input_count = planned
+    c_in_first, timesteps, calls, kinds, distinct_kinds, pool_size, input_count = planned
     t_batches = adapter.timestep_batches(x, timesteps)
     pool, first_input, next_inputs = _buffers(ctx, x, pool_size, input_count)
     # ((inputs, noise streams, writes the input), F's dtype) -> (backend, raw op), once ctx has checked a call of
@@ -168,7 +169,7 @@ def run_linear(ctx, x: torch.Tensor, solver_key: tuple, make_steps: Callable[[],
     every_output_checked = ctx.check_finite == "step"
     self_checking = {}
     if not every_output_checked:
-        for kind in set(kinds):
+        for kind in distinct_kinds:
             entry = ops.get((kind, dtype))
             if entry is not None and entry[0].raw_checks:
                 self_checking[kind] = entry[1]

@@ -41,7 +41,6 @@ with ``labels`` (gradient by autograd, ``fastint.solvers.guidance``); ``guidance
 guidance is plain PLMS; ``lie_trotter`` and ``strang`` require it.
 """
 
-
 import torch
 
 from ..ops import fused_step
