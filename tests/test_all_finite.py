@@ -70,6 +70,8 @@ def test_compiled_check_takes_any_tensor_and_refuses_anything_else():
     y[5, 3] = float("inf")
     assert compiled(y.t()) is False and compiled(torch.randn(6, 40, generator=gen).t()) is True  # strided: fallback
     assert compiled(y[:, ::2]) is bool(torch.isfinite(y[:, ::2]).all())
+    assert compiled(y[5:]) is False and compiled(y[:5]) is True and compiled(y[5, 4:]) is True  # offset views
+    assert compiled(y[5, 3]) is False and compiled(torch.tensor(1.5)) is True                   # 0-d
     assert compiled(torch.arange(10)) is True and compiled(torch.ones(3, dtype=torch.bool)) is True
     assert compiled(torch.empty(0)) is True
     with pytest.raises(TypeError, match="expected a tensor"):
