@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from . import registry
-from .contract import FusedStepCall
+from .contract import KERNEL_DTYPES, FusedStepCall
 from .reference import fused_step_math
 
 _compiled: Dict[Tuple, object] = {}
@@ -55,4 +55,4 @@ def _run(call: FusedStepCall) -> None:
 
 registry.register(registry.Backend(
     name="compile", description="torch.compile (Inductor) of the reference math", devices=("cpu", "cuda"),
-    dtypes=(torch.float32, torch.float16, torch.bfloat16), probe=_probe, run=_run))
+    dtypes=KERNEL_DTYPES, probe=_probe, run=_run))

@@ -16,7 +16,8 @@ from .philox import MAX_COUNTER, MAX_STREAMS
 
 MAX_INPUTS = 6
 MAX_OUTPUTS = 2
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the compiled, Triton and compile kernels read
+FLOAT_DTYPES = KERNEL_DTYPES + (torch.float64,)                  # the eager reference also reads float64
 
 
 @dataclass

@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 
 from . import registry
-from .contract import FusedStepCall
+from .contract import KERNEL_DTYPES, FusedStepCall
 
 _lock = threading.Lock()
 _state = {"loaded": False, "reason": None, "module": None}
@@ -43,7 +43,7 @@ def _register_fakes() -> None:
             ref = inputs[0]
             for what, tensors in (("input", inputs), ("output", outs)):
                 for k, t in enumerate(tensors):
-                    if t.device != ref.device or t.shape != ref.shape or t.dtype not in _DTYPES:
+                    if t.device != ref.device or t.shape != ref.shape or t.dtype not in KERNEL_DTYPES:
                         raise RuntimeError(f"fastint::fused_step: {what} {k} is {t.dtype} {tuple(t.shape)} on "
                                            f"{t.device}; input 0 is {tuple(ref.shape)} on {ref.device} (float32, "
                                            "float16 or bfloat16 tensors of one shape on one device)")
@@ -156,11 +156,9 @@ def _raw():
     return getattr(module(), "fused_step", None) or torch.ops.fastint.fused_step.default
 
 
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
 registry.register(registry.Backend(
     name="cpp", description="compiled C++ CPU kernel (at::parallel_for, SIMD Philox + SLEEF Box-Muller)",
-    devices=("cpu",), dtypes=_DTYPES, probe=_probe_cpp, run=_run, raw=_raw, raw_checks=True))
+    devices=("cpu",), dtypes=KERNEL_DTYPES, probe=_probe_cpp, run=_run, raw=_raw, raw_checks=True))
 registry.register(registry.Backend(
     name="cuda", description="compiled CUDA kernel (vectorised loads, grid-stride, in-kernel Philox)",
-    devices=("cuda",), dtypes=_DTYPES, probe=_probe_cuda, run=_run, raw=_raw, raw_checks=True))
+    devices=("cuda",), dtypes=KERNEL_DTYPES, probe=_probe_cuda, run=_run, raw=_raw, raw_checks=True))

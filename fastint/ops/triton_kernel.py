@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from . import registry
-from .contract import FusedStepCall
+from .contract import KERNEL_DTYPES, FusedStepCall
 
 MAX_IN, MAX_NOISE = 6, 4
 ROW = MAX_IN + MAX_NOISE  # coefficient slots per output row in the kernel's argument list
@@ -206,4 +206,4 @@ class TritonBackend(registry.Backend):
 
 registry.register(TritonBackend(
     name="triton", description="Triton kernel (tl.randn4x noise, autotuned; CPU tensors under TRITON_INTERPRET=1)",
-    devices=("cuda", "cpu"), dtypes=(torch.float32, torch.float16, torch.bfloat16), probe=_probe, run=_run))
+    devices=("cuda", "cpu"), dtypes=KERNEL_DTYPES, probe=_probe, run=_run))

@@ -32,8 +32,7 @@ import torch
 
 from ..models.adapters import check_output_shape, output_tensor
 from ..ops import registry
-
-_OP_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # the op reads these per input
+from ..ops.contract import KERNEL_DTYPES
 
 
 class LinearStep(NamedTuple):
@@ -134,7 +133,7 @@ def _conformed(ctx, f: torch.Tensor, sigma: float, evaluations_before: int) -> t
     needs (a float dtype the op cannot read goes to the state's dtype; a strided output is made contiguous)."""
     ctx.nfe = evaluations_before
     f = ctx._checked(check_output_shape(type(ctx.model).__name__, f, ctx.shape), sigma)
-    if f.dtype != ctx.dtype and f.dtype not in _OP_DTYPES:
+    if f.dtype != ctx.dtype and f.dtype not in KERNEL_DTYPES:
         f = f.to(ctx.dtype)
     return f if f.is_contiguous() else f.contiguous()
 
