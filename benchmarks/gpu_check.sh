@@ -4,6 +4,7 @@
 #
 #   bash benchmarks/prepare_gpu_wheels.sh             # here, once: the wheels the GPU machine lacks, into .whl/
 #   OUT=DIR bash benchmarks/gpu_check.sh [--wheels .whl] [--budget 420]   # on the GPU machine
+#                                                     # (GPU_CHECK_COMMIT=<hash> names the commit in results.md)
 #   bash benchmarks/gpu_check.sh --dry-run            # on a CPU machine (CI): everything that needs no GPU
 #
 # Steps (each time-boxed; the run stops starting optional steps once --budget seconds are spent):
@@ -59,7 +60,7 @@ START=$SECONDS
 status=0
 : > "$LOG"
 { echo "# fastint GPU check$([ "$DRY_RUN" = 1 ] && echo ' (dry run)')"; echo
-  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ), commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ), commit: ${GPU_CHECK_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo '?')}"
   echo; } > "$RES"
 row() { echo "| $1 | $2 | $3 |" >> "$RES"; }
 elapsed() { echo $((SECONDS - START)); }
@@ -139,9 +140,14 @@ raise SystemExit(f"unavailable: {missing}" if missing else 0)
 EOF
 
 XDIST=()
-if "$PY" -c "import xdist" 2> /dev/null; then XDIST=(-n "$(( $(nproc) < 8 ? $(nproc) : 8 ))"); fi
+if "$PY" -c "import xdist" 2> /dev/null; then
+  workers=$(( $(nproc) < 8 ? $(nproc) : 8 ))
+  XDIST=(-n "$workers")
+  export OMP_NUM_THREADS=$(( $(nproc) / workers > 0 ? $(nproc) / workers : 1 ))  # no oversubscribed CPU threads
+fi
 step "GPU selection of the tests (${GPU_TESTS[*]})" 240 \
-  "$PY" -m pytest -q -rs -p no:cacheprovider "${XDIST[@]}" "${GPU_TESTS[@]}"
+  "$PY" -m pytest -q -rs -p no:cacheprovider -p no:benchmark --durations=15 "${XDIST[@]}" "${GPU_TESTS[@]}"
+unset OMP_NUM_THREADS
 summary=$(grep -E "^[0-9]+ (passed|failed)|^=+ .*(passed|failed)" "$LOG" | tail -n 1)
 row "pytest summary" "${summary:-none}" "-"
 bad_skips=$(grep -E "^SKIPPED" "$LOG" | grep -ciE "no CUDA|unavailable|not installed|could not import|not built" || true)

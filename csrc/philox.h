@@ -87,8 +87,17 @@ FASTINT_HD void box_muller(float u_radius, float u_angle, float* n_cos, float* n
   const float theta = kTwoPi * u_angle;
   const float radius = sqrtf(-2.0f * logf(u_radius));
 #if defined(__CUDA_ARCH__)
-  float s, c;
-  sincosf(theta, &s, &c);
+  // sin and cos of theta in [0, 2 pi] without sincosf's large-argument (Payne-Hanek) path, whose local-memory
+  // frame and registers cost occupancy: theta / pi = q / 2 + r with q = rint(2 theta / pi) and |r| <= 1/4, both in
+  // double (exact to ~1e-16), then sincospif(r) (1 ulp) and the quadrant q mod 4. Differs from sincosf(theta) by
+  // ~1e-7 absolute at most (the rounding of r to float), as the host's cosf/sinf do.
+  const double half_turns = static_cast<double>(theta) * 0.31830988618379067154;  // theta / pi
+  const double q = rint(2.0 * half_turns);
+  float sr, cr;
+  sincospif(static_cast<float>(half_turns - 0.5 * q), &sr, &cr);
+  const int quadrant = static_cast<int>(q) & 3;
+  const float s = quadrant == 0 ? sr : quadrant == 1 ? cr : quadrant == 2 ? -sr : -cr;
+  const float c = quadrant == 0 ? cr : quadrant == 1 ? -sr : quadrant == 2 ? -cr : sr;
   *n_cos = radius * c;
   *n_sin = radius * s;
 #else
