@@ -221,7 +221,7 @@ def main(argv=None) -> int:
         if not torch.cuda.is_available():
             print("gpu_bench: no CUDA device (use --smoke on the CPU)", file=sys.stderr)
             return 2
-        device, timer = "cuda", Timer("cuda", args.rounds, 5)
+        device, timer = "cuda", Timer("cuda", args.rounds, 20)
         sizes, backends = [parse_size(s) for s in args.sizes.split(",")], args.backends.split(",")
     dtypes = [getattr(torch, name) for name in args.dtypes.split(",")]
     bw_rows = bandwidth(sizes, dtypes, backends, device, timer)
