@@ -1,5 +1,6 @@
-// CUDA kernel of the fused step. Device code only: no torch headers, so nvcc compiles it on its own
-// (`make check-cuda`); the torch-facing launcher is fused_step.cu.
+// CUDA kernel of the fused step and its launch decision. No torch headers and no CUDA runtime call, so nvcc
+// compiles it on its own (`make check-cuda`) and the host compiler runs it on the CPU through a shim
+// (tests/kernels/cuda_host); the launch itself is fused_step_launch.cuh, the torch-facing op fused_step.cu.
 //
 // One thread handles one Philox group (4 consecutive elements of one sample, one Philox call per noise stream
 // yielding the group's four normals) in a grid-stride loop. Loads and stores are vectorised (16 bytes for float32,
@@ -12,6 +13,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
+
+#include <type_traits>
 
 #include "../fused_step.h"
 #include "../philox.h"
@@ -87,8 +90,10 @@ __device__ __forceinline__ void store4(void* p, int32_t dtype, int64_t i, const 
 // M outputs and K noise streams are compile-time (10 instantiations); N is a uniform runtime loop (<= 6).
 // __grid_constant__: the parameters (coefficients included) stay in the constant bank; taking their address (the
 // FusedStepArgs accessors) does not copy them to per-thread local memory.
+constexpr int kThreads = 256;  // threads per block
+
 template <int M, int K>
-__global__ void __launch_bounds__(256) fused_step_kernel(const __grid_constant__ KernelParams p) {
+__global__ void __launch_bounds__(kThreads) fused_step_kernel(const __grid_constant__ KernelParams p) {
   const FusedStepArgs& a = p.args;
   const int n_in = a.num_in;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -150,38 +155,53 @@ __global__ void __launch_bounds__(256) fused_step_kernel(const __grid_constant__
   }
 }
 
-// Launch on `stream` (no allocation, no synchronisation). Returns the launch error, if any.
-inline cudaError_t launch_fused_step(const FusedStepArgs& args, int num_blocks_cap, cudaStream_t stream) {
-  KernelParams p;
+// The launch decision, a host function shared by the CUDA launcher (fused_step_launch.cuh) and the CPU harness
+// that runs this kernel's source serially (tests/kernels/cuda_host): kThreads threads per block, at most
+// num_blocks_cap blocks (the grid-stride loop covers the rest), vectorised access iff every pointer is 16-byte
+// aligned and the per-sample size is a multiple of 4.
+struct LaunchPlan {
+  KernelParams params;
+  int64_t blocks;  // 0: nothing to launch
+  int threads;
+};
+
+inline LaunchPlan plan_fused_step_launch(const FusedStepArgs& args, int num_blocks_cap) {
+  LaunchPlan plan;
+  KernelParams& p = plan.params;
   p.args = args;
   p.groups_per_sample = (args.per_sample + 3) / 4;
   p.total_groups = args.samples * p.groups_per_sample;
-  if (p.total_groups == 0) return cudaSuccess;
   bool aligned = args.per_sample % 4 == 0;
   for (int n = 0; n < args.num_in; ++n) aligned = aligned && (reinterpret_cast<uintptr_t>(args.in[n]) % 16 == 0);
   for (int m = 0; m < args.num_out; ++m) aligned = aligned && (reinterpret_cast<uintptr_t>(args.out[m]) % 16 == 0);
   p.vectorized = aligned;
-  const int threads = 256;
-  int64_t blocks = (p.total_groups + threads - 1) / threads;
+  plan.threads = kThreads;
+  int64_t blocks = (p.total_groups + kThreads - 1) / kThreads;
   if (blocks > num_blocks_cap) blocks = num_blocks_cap;
-  const dim3 grid(static_cast<unsigned>(blocks)), block(threads);
-#define FASTINT_LAUNCH(M_, K_) fused_step_kernel<M_, K_><<<grid, block, 0, stream>>>(p)
-#define FASTINT_LAUNCH_K(M_)              \
-  switch (args.num_noise) {               \
-    case 0: FASTINT_LAUNCH(M_, 0); break; \
-    case 1: FASTINT_LAUNCH(M_, 1); break; \
-    case 2: FASTINT_LAUNCH(M_, 2); break; \
-    case 3: FASTINT_LAUNCH(M_, 3); break; \
-    default: FASTINT_LAUNCH(M_, 4); break; \
+  plan.blocks = blocks;
+  return plan;
+}
+
+// The M/K dispatch: calls launch(std::integral_constant<int, M>, std::integral_constant<int, K>) for the kernel
+// variant of these arguments (M = num_out in 1..2, K = num_noise in 0..4).
+template <int M, class Launch>
+inline void dispatch_noise(int num_noise, Launch&& launch) {
+  switch (num_noise) {
+    case 0: launch(std::integral_constant<int, M>(), std::integral_constant<int, 0>()); break;
+    case 1: launch(std::integral_constant<int, M>(), std::integral_constant<int, 1>()); break;
+    case 2: launch(std::integral_constant<int, M>(), std::integral_constant<int, 2>()); break;
+    case 3: launch(std::integral_constant<int, M>(), std::integral_constant<int, 3>()); break;
+    default: launch(std::integral_constant<int, M>(), std::integral_constant<int, 4>()); break;
   }
+}
+
+template <class Launch>
+inline void dispatch_fused_step(const FusedStepArgs& args, Launch&& launch) {
   if (args.num_out == 1) {
-    FASTINT_LAUNCH_K(1)
+    dispatch_noise<1>(args.num_noise, launch);
   } else {
-    FASTINT_LAUNCH_K(2)
+    dispatch_noise<2>(args.num_noise, launch);
   }
-#undef FASTINT_LAUNCH_K
-#undef FASTINT_LAUNCH
-  return cudaGetLastError();
 }
 
 }  // namespace cuda
