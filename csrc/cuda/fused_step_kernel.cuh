@@ -30,6 +30,8 @@ struct KernelParams {
   FusedStepArgs args;
   int64_t groups_per_sample;
   int64_t total_groups;
+  int64_t stride_samples;  // the grid's size (blocks * threads, in groups) = stride_samples samples + stride_groups
+  int64_t stride_groups;
   bool vectorized;  // all pointers 16-byte aligned and per_sample % 4 == 0
 };
 
@@ -92,15 +94,25 @@ __device__ __forceinline__ void store4(void* p, int32_t dtype, int64_t i, const 
 // FusedStepArgs accessors) does not copy them to per-thread local memory.
 constexpr int kThreads = 256;  // threads per block
 
+// Resident blocks per SM each variant is compiled for (__launch_bounds__; ptxas then keeps the registers within
+// 65536 / (blocks * kThreads) per thread). 8 blocks = 2048 threads, full occupancy on sm_80 / sm_90 (<= 32
+// registers): every variant but two outputs with 2+ noise streams, which would spill at 32 and get 6 blocks
+// (1536 threads, <= 40 registers). tests/kernels/test_cuda_static.py checks what ptxas reports.
 template <int M, int K>
-__global__ void __launch_bounds__(kThreads) fused_step_kernel(const __grid_constant__ KernelParams p) {
+constexpr int min_blocks_per_sm() {
+  return M == 2 && K >= 2 ? 6 : 8;
+}
+
+template <int M, int K>
+__global__ void __launch_bounds__(kThreads, (min_blocks_per_sm<M, K>())) fused_step_kernel(const __grid_constant__ KernelParams p) {
   const FusedStepArgs& a = p.args;
   const int n_in = a.num_in;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t gid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; gid < p.total_groups;
-       gid += stride) {
-    const int64_t b = gid / p.groups_per_sample;
-    const int64_t g = gid - b * p.groups_per_sample;
+  // Grid-stride loop over (sample b, group g of b) without a 64-bit division per step: the stride of
+  // gridDim.x * blockDim.x groups is stride_samples samples plus stride_groups groups (the plan computes both).
+  const int64_t gid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  int64_t b = gid / p.groups_per_sample;
+  int64_t g = gid - b * p.groups_per_sample;
+  for (; b < a.samples; b += p.stride_samples) {
     const int64_t e0 = 4 * g;
     const int64_t base = b * a.per_sample + e0;
     const int64_t rem = a.per_sample - e0;
@@ -129,7 +141,9 @@ __global__ void __launch_bounds__(kThreads) fused_step_kernel(const __grid_const
     }
     if (K > 0) {
       const uint64_t seed = static_cast<uint64_t>(a.seeds[b]);
-#pragma unroll
+      // one stream at a time (not unrolled): the Philox and Box-Muller state of one group is live once, which
+      // keeps the register count within min_blocks_per_sm's budget
+#pragma unroll 1
       for (int k = 0; k < K; ++k) {
         float z[4];
         normals4(philox_group(seed, a.counter, static_cast<uint32_t>(k), static_cast<uint32_t>(g)), z);
@@ -151,6 +165,11 @@ __global__ void __launch_bounds__(kThreads) fused_step_kernel(const __grid_const
           if (j < count) store_scalar(a.out[m], a.out_dtype[m], base + j, acc[m][j]);
         }
       }
+    }
+    g += p.stride_groups;
+    if (g >= p.groups_per_sample) {
+      g -= p.groups_per_sample;
+      ++b;
     }
   }
 }
@@ -179,6 +198,13 @@ inline LaunchPlan plan_fused_step_launch(const FusedStepArgs& args, int num_bloc
   int64_t blocks = (p.total_groups + kThreads - 1) / kThreads;
   if (blocks > num_blocks_cap) blocks = num_blocks_cap;
   plan.blocks = blocks;
+  if (blocks > 0) {
+    const int64_t stride = blocks * kThreads;
+    p.stride_samples = stride / p.groups_per_sample;
+    p.stride_groups = stride - p.stride_samples * p.groups_per_sample;
+  } else {
+    p.stride_samples = p.stride_groups = 0;
+  }
   return plan;
 }
 
