@@ -29,7 +29,6 @@ __device__ __forceinline__ uint16_t float_to_fp16_bits_dev(float v) { return __h
 struct KernelParams {
   FusedStepArgs args;
   int64_t groups_per_sample;
-  int64_t total_groups;
   int64_t stride_samples;  // the grid's size (blocks * threads, in groups) = stride_samples samples + stride_groups
   int64_t stride_groups;
   bool vectorized;  // all pointers 16-byte aligned and per_sample % 4 == 0
@@ -89,9 +88,6 @@ __device__ __forceinline__ void store4(void* p, int32_t dtype, int64_t i, const 
   }
 }
 
-// M outputs and K noise streams are compile-time (10 instantiations); N is a uniform runtime loop (<= 6).
-// __grid_constant__: the parameters (coefficients included) stay in the constant bank; taking their address (the
-// FusedStepArgs accessors) does not copy them to per-thread local memory.
 constexpr int kThreads = 256;  // threads per block
 
 // Resident blocks per SM each variant is compiled for (__launch_bounds__; ptxas then keeps the registers within
@@ -103,8 +99,12 @@ constexpr int min_blocks_per_sm() {
   return M == 2 && K >= 2 ? 6 : 8;
 }
 
+// M outputs and K noise streams are compile-time (10 instantiations); N is a uniform runtime loop (<= 6).
+// __grid_constant__: the parameters (coefficients included) stay in the constant bank; taking their address (the
+// FusedStepArgs accessors) does not copy them to per-thread local memory.
 template <int M, int K>
-__global__ void __launch_bounds__(kThreads, (min_blocks_per_sm<M, K>())) fused_step_kernel(const __grid_constant__ KernelParams p) {
+__global__ void __launch_bounds__(kThreads, (min_blocks_per_sm<M, K>()))
+    fused_step_kernel(const __grid_constant__ KernelParams p) {
   const FusedStepArgs& a = p.args;
   const int n_in = a.num_in;
   // Grid-stride loop over (sample b, group g of b) without a 64-bit division per step: the stride of
@@ -189,13 +189,13 @@ inline LaunchPlan plan_fused_step_launch(const FusedStepArgs& args, int num_bloc
   KernelParams& p = plan.params;
   p.args = args;
   p.groups_per_sample = (args.per_sample + 3) / 4;
-  p.total_groups = args.samples * p.groups_per_sample;
+  const int64_t total_groups = args.samples * p.groups_per_sample;
   bool aligned = args.per_sample % 4 == 0;
   for (int n = 0; n < args.num_in; ++n) aligned = aligned && (reinterpret_cast<uintptr_t>(args.in[n]) % 16 == 0);
   for (int m = 0; m < args.num_out; ++m) aligned = aligned && (reinterpret_cast<uintptr_t>(args.out[m]) % 16 == 0);
   p.vectorized = aligned;
   plan.threads = kThreads;
-  int64_t blocks = (p.total_groups + kThreads - 1) / kThreads;
+  int64_t blocks = (total_groups + kThreads - 1) / kThreads;
   if (blocks > num_blocks_cap) blocks = num_blocks_cap;
   plan.blocks = blocks;
   if (blocks > 0) {
