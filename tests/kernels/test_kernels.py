@@ -361,8 +361,8 @@ def test_cpu_kernel_at_lower_capability(capability):
     here = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, ATEN_CPU_CAPABILITY=capability.lower(), FASTINT_TEST_CPU_CAPABILITY=capability)
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-rs",
-                        "-k", "cpp and (every_op_shape or normals or kernel_capability or "
-                              "(test_parity and (1x7- or 3x1023-)))",
+                        "-k", "test_cpu_kernel_capability or (cpp and (every_op_shape or normals or "
+                              "(test_parity and (1x7- or 3x1023-))))",
                         os.path.join(here, "test_kernels.py")],
                        capture_output=True, text=True, env=env, timeout=600, cwd=here)
     tail = r.stdout[-3000:] + r.stderr[-2000:]
