@@ -87,7 +87,7 @@ def _extension_setup():
                   include_dirs=[os.path.join(ROOT, "csrc")],
                   depends=[os.path.join(ROOT, "csrc", p) for p in
                            ("philox.h", "fused_step.h", "ops.h", "python_entry.h", "all_finite.h", "cpu/fused_step_kernel.h",
-                            "cpu/fused_step_impl.h", "cuda/fused_step_kernel.cuh")])
+                            "cpu/fused_step_impl.h", "cuda/fused_step_kernel.cuh", "cuda/fused_step_launch.cuh")])
 
     class BuildExt(cpp_extension.BuildExtension):
         """torch's BuildExtension (ninja) + per-capability CPU kernel objects + pure-Python fallback on failure."""

@@ -106,6 +106,7 @@ KD_CASES = [
     ("sample_heun", {}, "heun", {}),
     ("sample_euler_ancestral", {}, "euler_ancestral", {}),
     ("sample_euler_ancestral", {"eta": 0.5, "s_noise": 0.9}, "euler_ancestral", {"eta": 0.5, "s_noise": 0.9}),
+    ("sample_euler_ancestral", {"eta": 2.5}, "euler_ancestral", {"eta": 2.5}),  # sigma_up clamped to sigma_t
     ("sample_dpmpp_2m", {}, "dpmpp_2m", {}),
     ("sample_dpmpp_2m_sde", {}, "dpmpp_2m_sde", {}),
     ("sample_dpmpp_2m_sde", {"eta": 0.5}, "dpmpp_2m_sde", {"eta": 0.5}),

@@ -1,5 +1,6 @@
 """The counter-based Philox noise: known answers, Triton equality, distribution, addressing."""
 
+import math
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from scipy import stats
 import fastint
 from fastint.models import default_mixture
 from fastint.ops import fused_step
-from fastint.ops.philox import normals, philox4x32_10, uint32_to_uniform
+from fastint.ops.philox import box_muller, normals, philox4x32_10, uint32_to_uniform
 
 # Random123's published known-answer vectors for philox4x32-10: (counter words, key words) -> output words.
 KNOWN_ANSWERS = [
@@ -97,6 +98,23 @@ TRITON_SCRIPT = textwrap.dedent("""
     assert torch.equal(z4, torch.stack([b0, b1, b2, b3], dim=1).reshape(-1)), "randn4x differs bit-wise"
     print("max |randn difference|", (z - m0).abs().max().item(), "bit-equal fraction",
           (z == m0).float().mean().item())
+
+    # The Box-Muller of tl.randn4x (the Triton backend's noise) at the edge u = 0: clamped to 1e-7, finite.
+    from triton.language.random import pair_uniform_to_normal
+
+    @triton.jit
+    def box_muller_kernel(ua_ptr, ub_ptr, c_ptr, s_ptr, BLOCK: tl.constexpr):
+        i = tl.arange(0, BLOCK)
+        c, s = pair_uniform_to_normal(tl.load(ua_ptr + i), tl.load(ub_ptr + i))
+        tl.store(c_ptr + i, c); tl.store(s_ptr + i, s)
+
+    ua = torch.tensor([0.0, 1e-12, 5e-8, 1e-7, 0.5, 0.0, 0.0, 0.0])
+    ub = torch.tensor([0.0, 0.125, 0.25, 0.6, 0.9, 0.3, 0.55, 0.999])
+    c, s = torch.empty(8), torch.empty(8)
+    box_muller_kernel[(1,)](ua, ub, c, s, BLOCK=8)
+    assert torch.isfinite(c).all() and torch.isfinite(s).all(), (c, s)
+    want_c, want_s = P.box_muller(ua, ub)
+    assert torch.allclose(c, want_c, atol=1e-6) and torch.allclose(s, want_s, atol=1e-6), (c, want_c, s, want_s)
 """)
 
 
@@ -109,6 +127,20 @@ def test_pure_pytorch_philox_equals_tritons_under_the_interpreter(tmp_path):
     result = subprocess.run([sys.executable, str(script), "5"], env=env, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_box_muller_clamps_tiny_uniforms():
+    """The words 0 and 0xFFFFFFFF give the uniform 0 exactly; Box-Muller clamps it (and anything below 1e-7) to 1e-7
+    before the log: radius sqrt(-2 ln 1e-7), never inf or NaN."""
+    assert uint32_to_uniform(torch.tensor([0, 0xFFFFFFFF], dtype=torch.int64)).tolist() == [0.0, 0.0]
+    ua = torch.tensor([0.0, 1e-12, 5e-8, 1e-7, 0.5])
+    ub = torch.tensor([0.0, 0.125, 0.25, 0.6, 0.9])
+    n_cos, n_sin = box_muller(ua, ub)
+    radius = torch.sqrt(-2 * torch.log(ua.double().clamp(min=1e-7)))
+    theta = 2 * math.pi * ub.double()
+    assert torch.isfinite(n_cos).all() and torch.isfinite(n_sin).all(), (n_cos, n_sin)
+    assert torch.allclose(n_cos.double(), radius * torch.cos(theta), rtol=1e-6, atol=1e-6)
+    assert torch.allclose(n_sin.double(), radius * torch.sin(theta), rtol=1e-6, atol=1e-6)
 
 
 def test_noise_moments_and_kolmogorov_smirnov():

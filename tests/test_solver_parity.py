@@ -24,6 +24,7 @@ CASES = [
     ("heun", {}), ("heun", {"s_churn": 3.0, "s_noise": 1.003}),
     ("ddim", {}), ("ddim", {"eta": 0.5}), ("ddim", {"eta": 1.0}),
     ("euler_ancestral", {}), ("euler_ancestral", {"eta": 0.7, "s_noise": 0.9}),
+    ("euler_ancestral", {"eta": 2.5}),  # eta > 1: sigma_up = min(t, ...) clamps on these steps
     ("dpmpp_2m", {}),
     ("dpmpp_3m", {}), ("dpmpp_3m", {"third_order": "exact"}),
     ("dpmpp_2m_sde", {}), ("dpmpp_2m_sde", {"solver_type": "heun", "eta": 0.5}),

@@ -10,7 +10,7 @@
 #include <atomic>
 
 #include "../ops.h"
-#include "fused_step_kernel.cuh"
+#include "fused_step_launch.cuh"
 
 namespace fastint {
 namespace {

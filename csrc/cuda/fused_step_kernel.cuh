@@ -1,10 +1,12 @@
-// CUDA kernel of the fused step. Device code only: no torch headers, so nvcc compiles it on its own
-// (`make check-cuda`); the torch-facing launcher is fused_step.cu.
+// CUDA kernel of the fused step and its launch decision. No torch headers and no CUDA runtime call, so nvcc
+// compiles it on its own (`make check-cuda`) and the host compiler runs it on the CPU through a shim
+// (tests/kernels/cuda_host); the launch itself is fused_step_launch.cuh, the torch-facing op fused_step.cu.
 //
-// One thread handles one work unit: 4 consecutive elements of one sample (one Philox group: one Philox call per
-// noise stream yields the group's four normals), or 8 (two groups) when every tensor of the call is 16-bit, so that
-// each access is 16 bytes wide. Loads and stores are vectorised when every pointer is 16-byte aligned and the
-// per-sample size is a multiple of the unit; otherwise (and for a sample's last, partial unit) scalar. All inputs of a group are read before any output is written,
+// One thread handles one work unit of E consecutive elements of one sample in a grid-stride loop: E = 4 (one Philox
+// group: one Philox call per noise stream yields its four normals), or E = 8 (two groups) when every tensor of the
+// call is 16-bit, so that each access is 16 bytes wide. Loads and stores are vectorised (16 bytes; 8 for half types
+// in a call that also has float32 tensors) when every pointer is 16-byte aligned and the per-sample size is a
+// multiple of E; otherwise (and for a sample's last, partial unit) scalar. All inputs of a group are read before any output is written,
 // so an output may alias an input. Math is float32 in the eager reference's order; coefficients arrive by value
 // in the kernel parameters (no device tensor, CUDA-graph capturable); seeds are read on the device.
 #pragma once
@@ -12,6 +14,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
+
+#include <type_traits>
 
 #include "../fused_step.h"
 #include "../philox.h"
@@ -25,10 +29,10 @@ __device__ __forceinline__ uint16_t float_to_fp16_bits_dev(float v) { return __h
 
 struct KernelParams {
   FusedStepArgs args;
-  int64_t units_per_sample;  // ceil(per_sample / E): the work units of one sample (E elements each)
-  int64_t total_units;
-  bool vectorized;           // every pointer 16-byte aligned and per_sample % E == 0
-  bool narrow_index;         // total_units < 2**32: 32-bit index arithmetic (one 32-bit division per unit)
+  int64_t units_per_sample;  // ceil(per_sample / E)
+  int64_t stride_samples;    // the grid's size (blocks * threads, in units) = stride_samples samples + stride_units
+  int64_t stride_units;
+  bool vectorized;           // all pointers 16-byte aligned and per_sample % E == 0
 };
 
 __device__ __forceinline__ float load_scalar(const void* p, int32_t dtype, int64_t i) {
@@ -64,9 +68,8 @@ __device__ __forceinline__ uint32_t float_to_half_bits(int32_t dtype, float v) {
   return dtype == kFloat16 ? float_to_fp16_bits_dev(v) : float_to_bf16_bits(v);
 }
 
-// E consecutive elements starting at i (i % E == 0, pointer 16-byte aligned) in 16-byte accesses: E = 4 is one
-// float4 (float32) or one 8-byte access (half types, when another tensor of the call is float32); E = 8 is one
-// 16-byte access of 8 half values (every tensor of the call in a 16-bit type).
+// E consecutive elements starting at i (i % E == 0, pointer 16-byte aligned): E = 4 is one float4 (float32) or one
+// 8-byte access (a half type); E = 8 (half types only) one 16-byte access.
 template <int E>
 __device__ __forceinline__ void load_vec(const void* p, int32_t dtype, int64_t i, float x[E]) {
   if (E == 4 && dtype == kFloat32) {
@@ -94,42 +97,49 @@ __device__ __forceinline__ void store_vec(void* p, int32_t dtype, int64_t i, con
     *reinterpret_cast<float4*>(static_cast<float*>(p) + i) = make_float4(x[0], x[1], x[2], x[3]);
     return;
   }
-  uint32_t w[E / 2];
+  uint32_t w[4] = {0u, 0u, 0u, 0u};
 #pragma unroll
   for (int j = 0; j < E / 2; ++j)
     w[j] = float_to_half_bits(dtype, x[2 * j]) | (float_to_half_bits(dtype, x[2 * j + 1]) << 16);
   if (E == 4) {
     *reinterpret_cast<uint2*>(static_cast<uint16_t*>(p) + i) = make_uint2(w[0], w[1]);
   } else {
-    *reinterpret_cast<uint4*>(static_cast<uint16_t*>(p) + i) = make_uint4(w[0], w[1], w[E > 4 ? 2 : 0],
-                                                                          w[E > 4 ? 3 : 0]);
+    *reinterpret_cast<uint4*>(static_cast<uint16_t*>(p) + i) = make_uint4(w[0], w[1], w[2], w[3]);
   }
 }
 
-// One thread computes one work unit of E = 4 or 8 consecutive elements of one sample (E / 4 Philox groups, one
-// Philox call per group and noise stream) in a grid-stride loop:
-//   out[m][e] = sum_n C[m, n] in[n][e] + sum_k C[m, N + k] z_k[e],   z_k[4g + j] = normals4(philox(seed, counter,
-//   k, g))[j].
-// M outputs, K noise streams and E are compile-time (20 instantiations); N is a uniform runtime loop (<= 6).
-// All inputs of a unit are read before any output is written, so an output may alias an input.
-// __grid_constant__: the parameters (coefficients included) stay in the constant bank.
+constexpr int kThreads = 256;  // threads per block
+
+// Resident blocks per SM each variant is compiled for (__launch_bounds__; ptxas then keeps the registers within
+// 65536 / (blocks * kThreads) per thread). 8 blocks = 2048 threads, full occupancy on sm_80 / sm_90 (<= 32
+// registers): every 4-element variant but two outputs with 2+ noise streams, which would spill at 32 and get 6
+// blocks (1536 threads, <= 40 registers). The 8-element variants hold twice the values per thread: 8 blocks for
+// one output without noise, 6 for one output with one stream or two without, 5 (<= 51 registers) otherwise; each
+// is the most that ptxas compiles without spilling. tests/kernels/test_cuda_static.py checks what ptxas reports.
 template <int M, int K, int E>
-__global__ void __launch_bounds__(256) fused_step_kernel(const __grid_constant__ KernelParams p) {
+constexpr int min_blocks_per_sm() {
+  if (E == 4) return M == 2 && K >= 2 ? 6 : 8;
+  if (M == 1 && K == 0) return 8;
+  return (M == 1 && K == 1) || (M == 2 && K == 0) ? 6 : 5;
+}
+
+// M outputs, K noise streams and the unit E are compile-time (20 instantiations); N is a uniform runtime loop
+// (<= 6):  out[m][e] = sum_n C[m, n] in[n][e] + sum_k C[m, N + k] z_k[e], z_k[4 g + j] = normals4(philox(seed,
+// counter, k, g))[j].
+// __grid_constant__: the parameters (coefficients included) stay in the constant bank; taking their address (the
+// FusedStepArgs accessors) does not copy them to per-thread local memory.
+template <int M, int K, int E>
+__global__ void __launch_bounds__(kThreads, (min_blocks_per_sm<M, K, E>()))
+    fused_step_kernel(const __grid_constant__ KernelParams p) {
   constexpr int G = E / 4;  // Philox groups per unit
   const FusedStepArgs& a = p.args;
   const int n_in = a.num_in;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t unit = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; unit < p.total_units;
-       unit += stride) {
-    int64_t b, u;
-    if (p.narrow_index) {
-      const uint32_t per = static_cast<uint32_t>(p.units_per_sample);
-      b = static_cast<uint32_t>(unit) / per;
-      u = static_cast<uint32_t>(unit) - static_cast<uint32_t>(b) * per;
-    } else {
-      b = unit / p.units_per_sample;
-      u = unit - b * p.units_per_sample;
-    }
+  // Grid-stride loop over (sample b, unit u of b) without a 64-bit division per step: the stride of
+  // gridDim.x * blockDim.x units is stride_samples samples plus stride_units units (the plan computes both).
+  const int64_t gid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  int64_t b = gid / p.units_per_sample;
+  int64_t u = gid - b * p.units_per_sample;
+  for (; b < a.samples; b += p.stride_samples) {
     const int64_t e0 = E * u;
     const int64_t base = b * a.per_sample + e0;
     const int64_t rem = a.per_sample - e0;
@@ -160,7 +170,9 @@ __global__ void __launch_bounds__(256) fused_step_kernel(const __grid_constant__
     }
     if (K > 0) {
       const uint64_t seed = static_cast<uint64_t>(a.seeds[b]);
-#pragma unroll
+      // one stream at a time (not unrolled): the Philox and Box-Muller state of one group is live once, which
+      // keeps the register count within min_blocks_per_sm's budget
+#pragma unroll 1
       for (int k = 0; k < K; ++k) {
 #pragma unroll
         for (int h = 0; h < G; ++h) {
@@ -186,61 +198,80 @@ __global__ void __launch_bounds__(256) fused_step_kernel(const __grid_constant__
         }
       }
     }
+    u += p.stride_units;
+    if (u >= p.units_per_sample) {
+      u -= p.units_per_sample;
+      ++b;
+    }
   }
 }
 
-// The launch decision, shared by the extension and the compile check: elements per thread (8 when every tensor of
-// the call is 16-bit, so that each access is 16 bytes; else 4), the vectorised path (every pointer 16-byte aligned
-// and per_sample % E == 0, so that every unit starts 16-byte aligned), the index width.
-inline KernelParams kernel_params(const FusedStepArgs& args, int* elements_per_thread) {
+// The launch decision, a host function shared by the CUDA launcher (fused_step_launch.cuh) and the CPU harness
+// that runs this kernel's source serially (tests/kernels/cuda_host): the unit E (8 when every tensor is 16-bit,
+// else 4), kThreads threads per block, at most num_blocks_cap blocks (the grid-stride loop covers the rest),
+// vectorised access iff every pointer is 16-byte aligned and the per-sample size is a multiple of E.
+struct LaunchPlan {
+  KernelParams params;
+  int64_t blocks;  // 0: nothing to launch
+  int threads;
+  int elements_per_thread;  // E
+};
+
+inline LaunchPlan plan_fused_step_launch(const FusedStepArgs& args, int num_blocks_cap) {
+  LaunchPlan plan;
+  KernelParams& p = plan.params;
+  p.args = args;
   bool all_half = true;
   for (int n = 0; n < args.num_in; ++n) all_half = all_half && args.in_dtype[n] != kFloat32;
   for (int m = 0; m < args.num_out; ++m) all_half = all_half && args.out_dtype[m] != kFloat32;
   const int e = all_half ? 8 : 4;
-  KernelParams p;
-  p.args = args;
+  plan.elements_per_thread = e;
   p.units_per_sample = (args.per_sample + e - 1) / e;
-  p.total_units = args.samples * p.units_per_sample;
+  const int64_t total_units = args.samples * p.units_per_sample;
   bool aligned = args.per_sample % e == 0;
   for (int n = 0; n < args.num_in; ++n) aligned = aligned && (reinterpret_cast<uintptr_t>(args.in[n]) % 16 == 0);
   for (int m = 0; m < args.num_out; ++m) aligned = aligned && (reinterpret_cast<uintptr_t>(args.out[m]) % 16 == 0);
   p.vectorized = aligned;
-  p.narrow_index = p.total_units < (int64_t(1) << 32);
-  *elements_per_thread = e;
-  return p;
+  plan.threads = kThreads;
+  int64_t blocks = (total_units + kThreads - 1) / kThreads;
+  if (blocks > num_blocks_cap) blocks = num_blocks_cap;
+  plan.blocks = blocks;
+  if (blocks > 0) {
+    const int64_t stride = blocks * kThreads;
+    p.stride_samples = stride / p.units_per_sample;
+    p.stride_units = stride - p.stride_samples * p.units_per_sample;
+  } else {
+    p.stride_samples = p.stride_units = 0;
+  }
+  return plan;
 }
 
-// Launch on `stream` (no allocation, no synchronisation). Returns the launch error, if any.
-inline cudaError_t launch_fused_step(const FusedStepArgs& args, int num_blocks_cap, cudaStream_t stream) {
-  int e = 4;
-  const KernelParams p = kernel_params(args, &e);
-  if (p.total_units == 0) return cudaSuccess;
-  const int threads = 256;
-  int64_t blocks = (p.total_units + threads - 1) / threads;
-  if (blocks > num_blocks_cap) blocks = num_blocks_cap;
-  const dim3 grid(static_cast<unsigned>(blocks)), block(threads);
-#define FASTINT_LAUNCH(M_, K_)                                                  \
-  if (e == 8) {                                                                \
-    fused_step_kernel<M_, K_, 8><<<grid, block, 0, stream>>>(p);               \
-  } else {                                                                     \
-    fused_step_kernel<M_, K_, 4><<<grid, block, 0, stream>>>(p);               \
+// The M/K/E dispatch: calls launch(std::integral_constant<int, M>, std::integral_constant<int, K>,
+// std::integral_constant<int, E>) for the kernel variant of this plan (M = num_out in 1..2, K = num_noise in 0..4,
+// E in {4, 8}).
+template <int M, int E, class Launch>
+inline void dispatch_noise(int num_noise, Launch&& launch) {
+  using m = std::integral_constant<int, M>;
+  using e = std::integral_constant<int, E>;
+  switch (num_noise) {
+    case 0: launch(m(), std::integral_constant<int, 0>(), e()); break;
+    case 1: launch(m(), std::integral_constant<int, 1>(), e()); break;
+    case 2: launch(m(), std::integral_constant<int, 2>(), e()); break;
+    case 3: launch(m(), std::integral_constant<int, 3>(), e()); break;
+    default: launch(m(), std::integral_constant<int, 4>(), e()); break;
   }
-#define FASTINT_LAUNCH_K(M_)                \
-  switch (args.num_noise) {                 \
-    case 0: FASTINT_LAUNCH(M_, 0) break;    \
-    case 1: FASTINT_LAUNCH(M_, 1) break;    \
-    case 2: FASTINT_LAUNCH(M_, 2) break;    \
-    case 3: FASTINT_LAUNCH(M_, 3) break;    \
-    default: FASTINT_LAUNCH(M_, 4) break;   \
-  }
-  if (args.num_out == 1) {
-    FASTINT_LAUNCH_K(1)
+}
+
+template <class Launch>
+inline void dispatch_fused_step(const LaunchPlan& plan, Launch&& launch) {
+  const FusedStepArgs& args = plan.params.args;
+  if (plan.elements_per_thread == 8) {
+    if (args.num_out == 1) dispatch_noise<1, 8>(args.num_noise, launch);
+    else dispatch_noise<2, 8>(args.num_noise, launch);
   } else {
-    FASTINT_LAUNCH_K(2)
+    if (args.num_out == 1) dispatch_noise<1, 4>(args.num_noise, launch);
+    else dispatch_noise<2, 4>(args.num_noise, launch);
   }
-#undef FASTINT_LAUNCH_K
-#undef FASTINT_LAUNCH
-  return cudaGetLastError();
 }
 
 }  // namespace cuda

@@ -133,6 +133,8 @@ def _build_kernel():
 
     def launch(grid_groups, samples, *args, **meta):
         tuned[lambda m: (triton.cdiv(grid_groups, m["BLOCK_GROUPS"]), samples)](*args, **meta)
+    launch.jit_fn = fused_step_kernel  # the @triton.jit kernel itself (tests/kernels/test_cuda_static.py)
+    launch.configs = configs
     return launch
 
 

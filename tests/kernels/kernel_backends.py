@@ -2,7 +2,8 @@
 
 The Triton backend runs in-process on CUDA tensors when a GPU is present. Without one, its parity suite runs in a
 subprocess with ``TRITON_INTERPRET=1`` set before triton is imported (``test_triton_interpreter_suite``), which sets
-``FASTINT_TEST_TRITON_INTERPRET=1`` so that this same module parametrises over ("triton", "cpu").
+``FASTINT_TEST_TRITON_INTERPRET=1`` so that this same module parametrises over ("triton", "cpu"). Likewise the cpp
+tests rerun under ``ATEN_CPU_CAPABILITY=default`` (``test_cpu_kernel_at_lower_capability``), with only ("cpp", "cpu").
 """
 
 import os
@@ -15,6 +16,8 @@ import fastint  # noqa: F401  (registers the backends)
 from fastint.ops import registry
 
 IN_TRITON_SUBPROCESS = os.environ.get("FASTINT_TEST_TRITON_INTERPRET") == "1"
+# Set (to DEFAULT / AVX2) by test_cpu_kernel_at_lower_capability, which runs the cpp tests under ATEN_CPU_CAPABILITY.
+CAPABILITY_SUBPROCESS = os.environ.get("FASTINT_TEST_CPU_CAPABILITY", "")
 
 
 def extension_expected() -> bool:
@@ -28,6 +31,8 @@ def backend_cases():
     """(backend, device) pairs the parity tests cover in this process."""
     if IN_TRITON_SUBPROCESS:
         return [("triton", "cpu")]
+    if CAPABILITY_SUBPROCESS:
+        return [("cpp", "cpu")]
     cases = [("cpp", "cpu"), ("cuda", "cuda")]
     if torch.cuda.is_available():
         cases.append(("triton", "cuda"))

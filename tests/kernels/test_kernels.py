@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+import zlib
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ import fastint
 from fastint.ops import fused_step, philox
 from fastint.ops import extension
 
-from kernel_backends import IN_TRITON_SUBPROCESS, require_backend
+from kernel_backends import CAPABILITY_SUBPROCESS, IN_TRITON_SUBPROCESS, require_backend
 
 if IN_TRITON_SUBPROCESS:  # the interpreter is slow: small sizes
     SIZES = [(1, 1), (1, 7), (1, 1023), (3, 1023), (1, 16411), (7,)]
@@ -126,7 +127,7 @@ def test_parity(backend, shape, config, dtypes, inplace):
     name, device = backend
     n_in, n_out, n_noise = config
     in_dtypes, out_dtypes = DTYPES[dtypes]
-    seed = hash((shape, config, dtypes, inplace)) % (2 ** 31)
+    seed = zlib.crc32(repr((shape, config, dtypes, inplace)).encode())  # stable: not Python's salted hash()
     inputs, coeffs, seeds, counter, odt = _case(seed, shape, n_in, n_out, n_noise, in_dtypes, out_dtypes, device)
     if inplace:
         odt = [inputs[m].dtype for m in range(n_out)]
@@ -134,12 +135,16 @@ def test_parity(backend, shape, config, dtypes, inplace):
 
 
 def test_normals_match_eager(backend):
-    """Noise-only calls (out = 1 * z_k) reproduce fastint.ops.philox.normals within 1e-6 absolute."""
+    """Noise-only calls (out = 1 * z_k) reproduce fastint.ops.philox.normals: within 1e-6 absolute, and in units of
+    u = float32 eps * max(|z|, 1) (the rounding of |z| or of 1): at most 2% beyond 1 u, 1 in 1000 beyond 2 u, none
+    beyond 4 u (measured on the cpp AVX2 kernel: 1.1%, 8e-5, 2.0 u). A coefficient of the log polynomial off by
+    1e-5 moves far more normals than that although the worst error barely changes."""
     name, device = backend
     shape = (3, 1031) if IN_TRITON_SUBPROCESS else (3, 65537)
     seeds = torch.tensor([0, 12345, -(2 ** 63)], dtype=torch.int64, device=device)
     zero = torch.zeros(shape, device=device)
     worst = 0.0
+    units = []
     for counter, k in ((0, 0), (1, 3), (2 ** 30 - 1, 2)):
         coeffs = [[0.0] + [1.0 if j == k else 0.0 for j in range(k + 1)]]
         got = fused_step([zero], coeffs, num_noise=k + 1, seeds=seeds, counter=counter, backend=name)[0]
@@ -148,8 +153,13 @@ def test_normals_match_eager(backend):
         if _approximate_transcendentals(name, device):
             _assert_rare_outliers(err / 1e-6, f"normals (counter {counter}, stream {k})")
         worst = max(worst, err.max().item())
+        units.append(err.double() / (torch.finfo(torch.float32).eps * want.abs().cpu().double().clamp(min=1.0)))
     if not _approximate_transcendentals(name, device):
         assert worst <= 1e-6, f"normals differ from the eager ones by {worst:.3e}"
+        u = torch.cat([t.reshape(-1) for t in units])
+        beyond1, beyond2 = (u > 1).double().mean().item(), (u > 2).double().mean().item()
+        assert beyond1 <= 0.02 and beyond2 <= 1e-3 and u.max().item() <= 4, \
+            f"normals: {beyond1:.2e} beyond 1 u, {beyond2:.2e} beyond 2 u, worst {u.max().item():.2f} u"
 
 
 def test_same_noise_regardless_of_batch(backend):
@@ -201,7 +211,9 @@ def test_uniforms_bit_exact(cpp):
 def test_cpu_kernel_capability(cpp):
     cap = extension.cpu_kernel_capability()
     assert cap in ("DEFAULT", "AVX2", "AVX512")
-    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+    if CAPABILITY_SUBPROCESS:
+        assert cap == CAPABILITY_SUBPROCESS, f"ATEN_CPU_CAPABILITY asked for {CAPABILITY_SUBPROCESS}, ran {cap}"
+    elif torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
         assert cap != "DEFAULT", "the SIMD CPU kernel was not built or not selected"
 
 
@@ -333,7 +345,32 @@ def test_triton_probe_reason_without_gpu():
     assert "TRITON_INTERPRET" in r.stdout or "not installed" in r.stdout
 
 
-@pytest.mark.skipif(IN_TRITON_SUBPROCESS, reason="this is the subprocess")
+def _lower_capabilities():
+    """The CPU capabilities below this machine's whose tile kernel the build has: their code runs nowhere else."""
+    native = torch.backends.cpu.get_cpu_capability()
+    return ["DEFAULT"] + (["AVX2"] if native == "AVX512" else [])
+
+
+@pytest.mark.skipif(IN_TRITON_SUBPROCESS or bool(CAPABILITY_SUBPROCESS), reason="this is a subprocess")
+@pytest.mark.parametrize("capability", _lower_capabilities())
+def test_cpu_kernel_at_lower_capability(capability):
+    """The tile kernel of a lower CPU capability (DEFAULT: the scalar noise path with libm, scalar half conversions)
+    runs only where ATen runs at that capability: run the cpp parity tests in a subprocess with
+    ATEN_CPU_CAPABILITY set (every kernel variant, two sizes of the dtype grid, the normals, the capability)."""
+    require_backend("cpp", "cpu")
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability.lower(), FASTINT_TEST_CPU_CAPABILITY=capability)
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-rs",
+                        "-k", "test_cpu_kernel_capability or (cpp and (every_op_shape or normals or "
+                              "(test_parity and (1x7- or 3x1023-))))",
+                        os.path.join(here, "test_kernels.py")],
+                       capture_output=True, text=True, env=env, timeout=600, cwd=here)
+    tail = r.stdout[-3000:] + r.stderr[-2000:]
+    assert r.returncode == 0, tail
+    assert " passed" in r.stdout and "skipped" not in r.stdout, tail
+
+
+@pytest.mark.skipif(IN_TRITON_SUBPROCESS or bool(CAPABILITY_SUBPROCESS), reason="this is a subprocess")
 def test_triton_interpreter_suite():
     """Without a GPU, the Triton kernel's parity suite runs in Triton's interpreter, in a subprocess that sets
     TRITON_INTERPRET=1 before triton is imported. It must not skip anything."""
