@@ -131,5 +131,6 @@ def test_error_messages_in_a_fresh_process(cpp):
     for name in ("torch.ops", "default", "fast entry"):
         got = [line.split(" | ", 1)[-1] for line in lines if line.startswith(name + " ")]
         assert got[0].endswith("expected M * (N + K) = 1 coefficients, got 2"), got
-        assert got[1].endswith("output 0 has dtype Double; the compiled kernels take float32, float16 and bfloat16"), got
+        assert got[1].endswith("output 0 has dtype Double; the compiled kernels take float32, float16 and "
+                               "bfloat16"), got
         assert got[2].endswith("in-kernel noise needs seeds"), got
