@@ -73,8 +73,8 @@ def _extension_setup():
 
     cxx_flags = ["-O3", "-fopenmp", f'-DFASTINT_TORCH_VERSION="{torch.__version__}"']
     nvcc_flags = ["-O3", f'-DFASTINT_TORCH_VERSION="{torch.__version__}"', "-DFASTINT_WITH_CUDA"]
-    sources = ["csrc/ops.cpp", "csrc/python_entry.cpp", "csrc/all_finite.cpp", "csrc/cpu/fused_step.cpp",
-               "csrc/cpu/fused_step_default.cpp"]
+    sources = ["csrc/ops.cpp", "csrc/python_entry.cpp", "csrc/all_finite.cpp", "csrc/cxx_runtime.cpp",
+               "csrc/cpu/fused_step.cpp", "csrc/cpu/fused_step_default.cpp"]
     if with_cuda:
         sources.append("csrc/cuda/fused_step.cu")
         cxx_flags.append("-DFASTINT_WITH_CUDA")
@@ -83,11 +83,18 @@ def _extension_setup():
     else:
         ext_cls = cpp_extension.CppExtension
         extra_compile_args = {"cxx": cxx_flags}
-    ext = ext_cls("fastint._C", sources, extra_compile_args=extra_compile_args, extra_link_args=["-fopenmp"],
+    link_args = ["-fopenmp"]
+    if sys.platform.startswith("linux"):
+        # the shared libstdc++ that torch uses, also where the compiler would link it statically (a g++ wrapper
+        # adding -static-libstdc++): named first, it defines every libstdc++ symbol, so the static archive the
+        # driver appends contributes nothing. A private copy breaks iostreams (csrc/cxx_runtime.cpp).
+        link_args += ["-Wl,--push-state,-Bdynamic", "-lstdc++", "-Wl,--pop-state"]
+    ext = ext_cls("fastint._C", sources, extra_compile_args=extra_compile_args, extra_link_args=link_args,
                   include_dirs=[os.path.join(ROOT, "csrc")],
                   depends=[os.path.join(ROOT, "csrc", p) for p in
-                           ("philox.h", "fused_step.h", "ops.h", "python_entry.h", "all_finite.h", "cpu/fused_step_kernel.h",
-                            "cpu/fused_step_impl.h", "cuda/fused_step_kernel.cuh", "cuda/fused_step_launch.cuh")])
+                           ("philox.h", "fused_step.h", "ops.h", "python_entry.h", "all_finite.h", "cxx_runtime.h",
+                            "cpu/fused_step_kernel.h", "cpu/fused_step_impl.h", "cuda/fused_step_kernel.cuh",
+                            "cuda/fused_step_launch.cuh")])
 
     class BuildExt(cpp_extension.BuildExtension):
         """torch's BuildExtension (ninja) + per-capability CPU kernel objects + pure-Python fallback on failure."""

@@ -7,6 +7,7 @@
 
 #include <string>
 
+#include "cxx_runtime.h"
 #include "ops.h"
 #include "philox.h"
 #include "python_entry.h"
@@ -28,6 +29,11 @@ PyObject* PyInit__C(void) {
        "all_finite(tensor) -> bool: whether every element is finite (a contiguous CPU float tensor is scanned "
        "in place)"},
       {nullptr, nullptr, 0, nullptr}};
+  const std::string private_runtime = fastint::private_cxx_runtime_reason();
+  if (!private_runtime.empty()) {  // refuse a build that would crash on its first error message (cxx_runtime.cpp)
+    PyErr_SetString(PyExc_ImportError, private_runtime.c_str());
+    return nullptr;
+  }
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "fastint compiled kernels (torch.ops.fastint)",
                                           -1, methods};
   PyObject* module = PyModule_Create(&module_def);
