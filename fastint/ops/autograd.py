@@ -84,13 +84,16 @@ def refuse_leaf_outputs(outs: Sequence[torch.Tensor]) -> None:
                                "(fresh outputs), a tensor that does not require grad, or call under torch.no_grad()")
 
 
-def run_with_grad(call: FusedStepCall, backend: str, write_outs: bool) -> List[torch.Tensor]:
-    """The call through the differentiable functional op; with ``write_outs`` its results are copied into
-    ``call.outs`` (``copy_``: torch's in-place autograd semantics), else they are returned as they are."""
-    results = fused_step_functional(call.inputs, call.coeffs, call.seeds, call.counter, call.num_noise,
-                                    len(call.outs), backend)
-    if not write_outs:
-        return results
-    for o, r in zip(call.outs, results):
+def functional_results(call: FusedStepCall, backend: str) -> List[torch.Tensor]:
+    """The call's results as fresh tensors from the differentiable functional op (``call.outs`` untouched)."""
+    return fused_step_functional(call.inputs, call.coeffs, call.seeds, call.counter, call.num_noise,
+                                 len(call.outs), backend)
+
+
+def write_with_grad(call: FusedStepCall, backend: str) -> None:
+    """Write the call's results into ``call.outs`` as autograd records it (``copy_``: torch's in-place semantics:
+    version counters, history rebased onto the new values); a leaf that requires grad is refused first. Every
+    backend's ``run`` comes here when ``needs_grad``."""
+    refuse_leaf_outputs(call.outs)
+    for o, r in zip(call.outs, functional_results(call, backend)):
         o.copy_(r)
-    return call.outs

@@ -5,7 +5,7 @@ from typing import List, Optional, Sequence, Union
 import torch
 
 from . import registry
-from .autograd import needs_grad, refuse_leaf_outputs, run_with_grad
+from .autograd import functional_results, needs_grad
 from .contract import validate
 
 
@@ -30,9 +30,7 @@ def fused_step(inputs: Sequence[torch.Tensor], coeffs, *, num_noise: int = 0, se
     """
     call = validate(inputs, coeffs, out, seeds, counter, num_noise)
     chosen = registry.select(call, backend)
-    if needs_grad(call.inputs + call.outs):
-        if out is not None:
-            refuse_leaf_outputs(call.outs)
-        return run_with_grad(call, chosen.name, write_outs=out is not None)
-    chosen.run(call)
+    if out is None and needs_grad(call.inputs):
+        return functional_results(call, chosen.name)  # fresh outputs: no copy
+    chosen.run(call)  # records the call for autograd when needed (autograd.write_with_grad)
     return call.outs

@@ -22,6 +22,7 @@ from typing import List, Optional
 import torch
 
 from . import registry
+from .autograd import needs_grad, write_with_grad
 from .contract import KERNEL_DTYPES, FusedStepCall
 
 MAX_IN, MAX_NOISE = 6, 4
@@ -188,6 +189,8 @@ def registered_op():
 
 
 def _run(call: FusedStepCall) -> None:
+    if needs_grad(call.inputs + call.outs):
+        return write_with_grad(call, "triton")
     registered_op()(call.outs, call.inputs, call.coeffs, call.seeds, call.counter, call.num_noise)
 
 
