@@ -32,7 +32,7 @@ def seed_tensor(seed, batch: int, device, what: str = "seed") -> torch.Tensor:
         if seed.dtype.is_floating_point or seed.dtype.is_complex or seed.dtype == torch.bool or seed.dim() != 1:
             raise TypeError(f"{what} must be {ACCEPTED}; got a {seed.dim()}-D {seed.dtype} tensor")
         if seed.numel() != batch:
-            raise ValueError(f"{what}: {seed.numel()} seeds for {batch} samples (one per sample, the leading "
+            raise ValueError(f"{what}: {seed.numel()} seeds for a batch of {batch} (one per sample, the leading "
                              "dimension)")
         return seed.to(device=device, dtype=torch.int64)
     if not hasattr(seed, "__len__") or not hasattr(seed, "__iter__"):
@@ -44,5 +44,5 @@ def seed_tensor(seed, batch: int, device, what: str = "seed") -> torch.Tensor:
         if not INT64_MIN <= value <= INT64_MAX:
             raise ValueError(f"{what}[{i}] = {value} does not fit in int64 [-2**63, 2**63 - 1]")
     if len(values) != batch:
-        raise ValueError(f"{what}: {len(values)} seeds for {batch} samples (one per sample, the leading dimension)")
+        raise ValueError(f"{what}: {len(values)} seeds for a batch of {batch} (one per sample, the leading dimension)")
     return torch.tensor(values, dtype=torch.int64, device=device)
