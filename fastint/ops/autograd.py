@@ -20,18 +20,22 @@ from typing import List, Optional, Sequence
 import torch
 
 from . import registry
-from .contract import MAX_OUTPUTS, FusedStepCall
+from .contract import MAX_OUTPUTS, FusedStepCall, validate
 
 
 @torch.library.custom_op("fastint::fused_step_functional", mutates_args=())
 def fused_step_functional(inputs: List[torch.Tensor], coeffs: List[float], seeds: Optional[torch.Tensor],
                           counter: int, num_noise: int, num_outputs: int, backend: str) -> List[torch.Tensor]:
     """``num_outputs`` fresh tensors ``out[m] = sum_n C[m,n] in[n] + sum_k C[m,N+k] z_k`` (``coeffs``: the
-    flattened (M, N + K) matrix, already validated) computed by ``backend`` ('auto': the automatic choice)."""
-    outs = [torch.empty_like(inputs[0], memory_format=torch.contiguous_format) for _ in range(num_outputs)]
-    call = FusedStepCall(outs, [t.contiguous() for t in inputs], list(coeffs), seeds, counter, num_noise)
+    flattened (M, N + K) matrix) computed by ``backend`` ('auto': the automatic choice); checked as every entry."""
+    if not 1 <= num_outputs <= MAX_OUTPUTS or len(coeffs) % num_outputs:
+        raise ValueError(f"fused_step_functional: {len(coeffs)} coefficients do not make {num_outputs} rows "
+                         f"(1 to {MAX_OUTPUTS} outputs)")
+    width = len(coeffs) // num_outputs
+    call = validate(inputs, [coeffs[m * width:(m + 1) * width] for m in range(num_outputs)], None, seeds, counter,
+                    num_noise)
     registry.select(call, backend).run(call)
-    return outs
+    return call.outs
 
 
 @fused_step_functional.register_fake

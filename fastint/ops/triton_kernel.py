@@ -184,7 +184,10 @@ def registered_op():
     """``torch.ops.fastint.fused_step_triton``, registered on first use (``triton_op`` imports triton, which
     ``import fastint`` must not)."""
     if not _ops:
-        _ops.append(torch.library.triton_op("fastint::fused_step_triton", _launch, mutates_args={"outs"}))
+        op = torch.library.triton_op("fastint::fused_step_triton", _launch, mutates_args={"outs"})
+        if interpreting():  # an interpreted kernel cannot run on fake tensors: the fake only checks nothing
+            op.register_fake(lambda outs, inputs, coeffs, seeds, counter, num_noise: None)
+        _ops.append(op)
     return _ops[0]
 
 
