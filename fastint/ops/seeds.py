@@ -10,7 +10,7 @@ import numbers
 import torch
 
 INT64_MIN, INT64_MAX = -2 ** 63, 2 ** 63 - 1
-ACCEPTED = "an int (sample b uses seed + b), a sequence of ints (one per sample) or an integer tensor"
+ACCEPTED = "an int (sample b uses seed + b), a sequence of integers (one per sample) or an integer tensor"
 
 
 def _is_int(value) -> bool:
@@ -40,7 +40,7 @@ def seed_tensor(seed, batch: int, device, what: str = "seed") -> torch.Tensor:
     values = list(seed.tolist() if hasattr(seed, "tolist") else seed)  # numpy arrays give Python ints
     for i, value in enumerate(values):
         if not _is_int(value):
-            raise TypeError(f"{what}[{i}] is {type(value).__name__} {value!r}; seeds must be ints ({ACCEPTED})")
+            raise TypeError(f"{what}[{i}] is {type(value).__name__} {value!r}; seeds must be integers ({ACCEPTED})")
         if not INT64_MIN <= value <= INT64_MAX:
             raise ValueError(f"{what}[{i}] = {value} does not fit in int64 [-2**63, 2**63 - 1]")
     if len(values) != batch:
