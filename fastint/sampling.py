@@ -72,9 +72,6 @@ def sample(model: Callable, x: torch.Tensor, sigmas, solver: str = "dpmpp_2m", *
     method = get_solver(solver, **options)
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 1:
         raise TypeError("x must be a floating-point tensor with a leading batch dimension")
-    if x.is_meta:
-        raise ValueError("x is a tensor on the meta device (shapes only, no values): sampling computes values; pass "
-                         "x on the CPU or a GPU")
     if not callable(model):
         raise TypeError("model must be callable as model(x, sigma_batch, **extra_args)")
     if noise_sampler is not None and not callable(noise_sampler):
@@ -84,6 +81,10 @@ def sample(model: Callable, x: torch.Tensor, sigmas, solver: str = "dpmpp_2m", *
     if extra_args is not None and not isinstance(extra_args, dict):
         raise TypeError("extra_args must be a dict of keyword arguments for the model")
     sigma_values = _sigma_list(sigmas)
+    if x.is_meta and check_finite != "off":
+        raise ValueError(f"x is a tensor on the meta device (shapes only, no values), which check_finite="
+                         f"{check_finite!r} cannot read: pass x on the CPU or a GPU, or check_finite='off' (a loop "
+                         "traced on meta tensors)")
     if check_finite != "off" and not all_finite(x):
         raise ValueError("x contains NaN or Inf")
     seeds = None

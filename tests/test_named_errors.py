@@ -166,7 +166,7 @@ def test_bad_sample_seeds_are_named(seed, error, match):
 
 
 def test_meta_tensors_in_sample_are_named():
-    with pytest.raises(ValueError, match="x is a tensor on the meta device"):
+    with pytest.raises(ValueError, match="x is a tensor on the meta device .* check_finite='off'"):
         _mixture_sample(x=torch.empty(2, 2, device="meta"))
     with pytest.raises(ValueError, match="sigmas is a tensor on the meta device"):
         _mixture_sample(sigmas=torch.empty(3, device="meta"))
