@@ -73,8 +73,8 @@ def _extension_setup():
 
     cxx_flags = ["-O3", "-fopenmp", f'-DFASTINT_TORCH_VERSION="{torch.__version__}"']
     nvcc_flags = ["-O3", f'-DFASTINT_TORCH_VERSION="{torch.__version__}"', "-DFASTINT_WITH_CUDA"]
-    sources = ["csrc/ops.cpp", "csrc/python_entry.cpp", "csrc/all_finite.cpp", "csrc/cxx_runtime.cpp",
-               "csrc/cpu/fused_step.cpp", "csrc/cpu/fused_step_default.cpp"]
+    sources = ["csrc/ops.cpp", "csrc/autograd.cpp", "csrc/python_entry.cpp", "csrc/all_finite.cpp",
+               "csrc/cxx_runtime.cpp", "csrc/cpu/fused_step.cpp", "csrc/cpu/fused_step_default.cpp"]
     if with_cuda:
         sources.append("csrc/cuda/fused_step.cu")
         cxx_flags.append("-DFASTINT_WITH_CUDA")

@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <cfloat>
+#include <cmath>
 #include <string>
 
 #include "cxx_runtime.h"
@@ -68,7 +70,60 @@ int32_t dtype_code(const at::Tensor& t, const char* what, size_t i) {
   return kFloat32;
 }
 
+// The address of a tensor's first element; nullptr for a tensor without addressable memory (meta, or a fake or
+// functional tensor while torch.compile traces: nothing is written then).
+const void* address_of(const at::Tensor& t) {
+  if (t.is_meta() || !t.has_storage()) return nullptr;
+  try {
+    return t.data_ptr();
+  } catch (const c10::Error&) {
+    return nullptr;
+  }
+}
+
+// [first, last) byte addresses a tensor's elements span.
+std::pair<uintptr_t, uintptr_t> byte_span(const at::Tensor& t) {
+  const uintptr_t base = reinterpret_cast<uintptr_t>(address_of(t));
+  int64_t low = 0, high = 0;
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    const int64_t extent = (t.size(d) - 1) * t.stride(d);
+    (extent < 0 ? low : high) += extent;
+  }
+  const int64_t size = static_cast<int64_t>(t.element_size());
+  return {base + low * size, base + (high + 1) * size};
+}
+
+bool overlaps(const at::Tensor& a, const at::Tensor& b) {
+  if (a.numel() == 0 || b.numel() == 0 || address_of(a) == nullptr || address_of(b) == nullptr) return false;
+  const auto [a_lo, a_hi] = byte_span(a);
+  const auto [b_lo, b_hi] = byte_span(b);
+  return a_lo < b_hi && b_lo < a_hi;
+}
+
 }  // namespace
+
+void check_fused_step_call(at::TensorList outs, at::TensorList inputs, c10::ArrayRef<double> coeffs) {
+  for (size_t j = 0; j < coeffs.size(); ++j) {
+    TORCH_CHECK_VALUE(std::isfinite(coeffs[j]) && std::fabs(coeffs[j]) <= static_cast<double>(FLT_MAX),
+                      "fastint::fused_step: coefficient ", j, " = ", coeffs[j], " is not a finite float32 value "
+                      "(|c| <= ", FLT_MAX, " and not NaN)");
+  }
+  for (size_t m = 0; m < outs.size(); ++m) {
+    const at::Tensor& o = outs[m];
+    for (size_t j = 0; j < m; ++j) {
+      TORCH_CHECK_VALUE(!overlaps(o, outs[j]), "fastint::fused_step: outputs ", j, " and ", m, " overlap in memory "
+                        "(the same tensor, or views of one buffer); pass distinct output tensors");
+    }
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      const at::Tensor& t = inputs[i];
+      const bool in_place = address_of(t) == address_of(o) && t.element_size() == o.element_size() &&
+                            t.is_contiguous() && o.is_contiguous() && t.sizes() == o.sizes();
+      TORCH_CHECK_VALUE(in_place || !overlaps(o, t), "fastint::fused_step: output ", m, " partially overlaps input ",
+                        i, "; an output may only alias an input exactly (same memory, shape and dtype: an in-place "
+                        "update) or not at all");
+    }
+  }
+}
 
 FusedStepArgs make_fused_step_args(at::TensorList outs, at::TensorList inputs, c10::ArrayRef<double> coeffs,
                                    const std::optional<at::Tensor>& seeds, int64_t counter, int64_t num_noise,
@@ -107,6 +162,7 @@ FusedStepArgs make_fused_step_args(at::TensorList outs, at::TensorList inputs, c
     a.out[m] = o.data_ptr();
     a.out_dtype[m] = dtype_code(o, "output", m);
   }
+  check_fused_step_call(outs, inputs, coeffs);
   for (size_t j = 0; j < coeffs.size(); ++j) a.coef[j] = static_cast<float>(coeffs[j]);
   a.num_in = static_cast<int32_t>(n_in);
   a.num_out = static_cast<int32_t>(n_out);

@@ -4,7 +4,9 @@
 // dispatcher handle, so inference mode, the autograd fallback, dispatch modes and the profiler see it as before),
 // without the generic boxed argument path: the arguments are read with the CPython API (lists or tuples of tensors,
 // a list of floats, None or a tensor, two ints) and handed to the kernel unboxed. The sampling loop uses it for
-// calls of a kind already validated (fastint/ops/extension.py); the kernel's own checks (ops.cpp) still run.
+// calls of a kind already validated (fastint/ops/extension.py); the op's own checks (ops.cpp: devices, shapes,
+// dtypes, layout, overlap, coefficients) still run, and the op's Autograd kernel (autograd.cpp) records the call
+// whenever grad mode is on and a tensor of it requires grad.
 #include "python_entry.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -55,6 +57,17 @@ bool unpack_tensors(PyObject* seq, const char* what, Py_ssize_t limit, Tensors* 
   return true;
 }
 
+// An int argument as long long; false with a Python exception naming the argument and its range otherwise.
+bool unpack_int(PyObject* value, const char* what, const char* range, long long* out) {
+  *out = PyLong_AsLongLong(value);
+  if (*out != -1 || !PyErr_Occurred()) return true;
+  if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+    PyErr_Clear();
+    PyErr_Format(PyExc_ValueError, "fastint._C.fused_step: %s must be an int in %s, got %R", what, range, value);
+  }
+  return false;
+}
+
 }  // namespace
 
 PyObject* fused_step_fastcall(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
@@ -94,10 +107,11 @@ PyObject* fused_step_fastcall(PyObject* /*self*/, PyObject* const* args, Py_ssiz
     }
     seeds = THPVariable_Unpack(args[3]);
   }
-  const long long counter = PyLong_AsLongLong(args[4]);
-  if (counter == -1 && PyErr_Occurred()) return nullptr;
-  const long long num_noise = PyLong_AsLongLong(args[5]);
-  if (num_noise == -1 && PyErr_Occurred()) return nullptr;
+  long long counter = 0, num_noise = 0;
+  if (!unpack_int(args[4], "counter", "[0, 2**30)", &counter) ||
+      !unpack_int(args[5], "num_noise", "[0, 4]", &num_noise)) {
+    return nullptr;
+  }
   {
     pybind11::gil_scoped_release no_gil;
     fused_step_op().call(outs, inputs, coeffs, seeds, counter, num_noise);

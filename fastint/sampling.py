@@ -6,6 +6,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import torch
 
+from .ops.seeds import seed_tensor
 from .solvers import get_solver
 from .solvers.base import SamplingContext, all_finite
 
@@ -15,6 +16,9 @@ CHECK_FINITE = ("end", "step", "off")
 
 def _sigma_list(sigmas) -> list:
     if isinstance(sigmas, torch.Tensor):
+        if sigmas.is_meta:
+            raise ValueError("sigmas is a tensor on the meta device (shapes only, no values); pass a CPU tensor, a "
+                             "list of floats or a tensor on the device of x")
         if sigmas.dim() != 1:
             raise ValueError(f"sigmas must be 1-D, got shape {tuple(sigmas.shape)}")
         if sigmas.is_complex() or sigmas.dtype == torch.bool:
@@ -36,22 +40,12 @@ def _sigma_list(sigmas) -> list:
 
 
 def per_sample_seeds(seed: SeedLike, batch: int, device: torch.device) -> torch.Tensor:
-    """int64 seeds, one per sample: ``seed + b`` for an int, the given ones for a list or tensor, and a random
-    base drawn from torch's default CPU generator when None (so ``torch.manual_seed`` makes runs repeatable)."""
+    """int64 seeds, one per sample: ``seed + b`` for an int (Python or numpy), the given ones for a sequence or an
+    integer tensor (``fastint.ops.seeds``), and a random base drawn from torch's default CPU generator when None (so
+    ``torch.manual_seed`` makes runs repeatable)."""
     if seed is None:
         seed = int(torch.randint(0, 2 ** 62, (1,)).item())
-    if isinstance(seed, bool):
-        raise TypeError("seed must be an int, a sequence of ints or an int tensor, not a bool")
-    if isinstance(seed, int):
-        if not -2 ** 63 <= seed <= 2 ** 63 - 1 - batch:
-            raise ValueError("seed must fit in int64")
-        return torch.arange(seed, seed + batch, dtype=torch.int64, device=device)
-    seeds = torch.as_tensor(seed)
-    if seeds.dtype.is_floating_point or seeds.dtype == torch.bool or seeds.dim() != 1:
-        raise TypeError("per-sample seeds must be a 1-D sequence or tensor of integers")
-    if seeds.numel() != batch:
-        raise ValueError(f"got {seeds.numel()} seeds for a batch of {batch}")
-    return seeds.to(device=device, dtype=torch.int64)
+    return seed_tensor(seed, batch, device, "seed")
 
 
 def sample(model: Callable, x: torch.Tensor, sigmas, solver: str = "dpmpp_2m", *, seed: SeedLike = None,
@@ -87,6 +81,10 @@ def sample(model: Callable, x: torch.Tensor, sigmas, solver: str = "dpmpp_2m", *
     if extra_args is not None and not isinstance(extra_args, dict):
         raise TypeError("extra_args must be a dict of keyword arguments for the model")
     sigma_values = _sigma_list(sigmas)
+    if x.is_meta and check_finite != "off":
+        raise ValueError(f"x is a tensor on the meta device (shapes only, no values), which check_finite="
+                         f"{check_finite!r} cannot read: pass x on the CPU or a GPU, or check_finite='off' (a loop "
+                         "traced on meta tensors)")
     if check_finite != "off" and not all_finite(x):
         raise ValueError("x contains NaN or Inf")
     seeds = None

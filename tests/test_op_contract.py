@@ -41,7 +41,7 @@ def test_non_contiguous_inputs_are_handled():
     (lambda x: dict(inputs=[x], coeffs=[[1.0] * 6], num_noise=5), ValueError, "num_noise"),
     (lambda x: dict(inputs=[x], coeffs=[[1.0, 1.0]], num_noise=1), TypeError, "needs seeds"),
     (lambda x: dict(inputs=[x], coeffs=[[1.0, 1.0]], num_noise=1, seeds=torch.arange(3)), ValueError,
-     "3 seeds for 4 samples"),
+     "3 seeds for a batch of 4"),
     (lambda x: dict(inputs=[x], coeffs=[[1.0]], counter=-1), ValueError, "counter"),
     (lambda x: dict(inputs=[x], coeffs=[[1.0]], out=torch.empty(8, 4).t()), ValueError, "output 0 is"),
     (lambda x: dict(inputs=[x], coeffs=[[1.0]], out=torch.empty(4, 16)[:, ::2]), ValueError, "not contiguous"),

@@ -50,6 +50,9 @@ class GaussianMixture:
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise TypeError("GaussianMixture: x must be a floating-point tensor")
+        if x.dim() >= 1 and x.shape[0] == 0:
+            raise ValueError(f"GaussianMixture: x of shape {tuple(x.shape)} is an empty batch; pass at least one "
+                             f"sample, shaped (batch, *event) with {self.dim} elements per sample")
         if x.dim() < 1 or x[0].numel() != self.dim:
             raise ValueError(f"GaussianMixture: x of shape {tuple(x.shape)} is not (batch, *event) with "
                              f"{self.dim} elements per sample")

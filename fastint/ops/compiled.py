@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from . import registry
+from .autograd import needs_grad, write_with_grad
 from .contract import KERNEL_DTYPES, FusedStepCall
 from .reference import fused_step_math
 
@@ -50,6 +51,8 @@ def _probe() -> Optional[str]:
 
 
 def _run(call: FusedStepCall) -> None:
+    if needs_grad(call.inputs + call.outs):
+        return write_with_grad(call, "compile")
     fused_step_compile(call.outs, call.inputs, call.coeffs, call.seeds, call.counter, call.num_noise)
 
 

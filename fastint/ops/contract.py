@@ -10,12 +10,16 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 import math
+import numbers
+
 import torch
 
 from .philox import MAX_COUNTER, MAX_STREAMS
+from .seeds import seed_tensor
 
 MAX_INPUTS = 6
 MAX_OUTPUTS = 2
+FLOAT32_MAX = 3.4028234663852886e38   # the kernels compute in float32: larger coefficients would overflow to inf
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the compiled, Triton and compile kernels read
 FLOAT_DTYPES = KERNEL_DTYPES + (torch.float64,)                  # the eager reference also reads float64
 
@@ -46,19 +50,59 @@ def _coefficient_rows(coeffs) -> List[List[float]]:
             raise ValueError("fused_step: coefficients must live on the host (a CPU tensor or a nested list), "
                              "reading them from the device would synchronise")
         coeffs = coeffs.tolist()
-    rows = [list(map(float, row)) for row in coeffs]
+    if isinstance(coeffs, (str, bytes)) or not hasattr(coeffs, "__iter__"):
+        raise TypeError(f"fused_step: coefficients must be an (M, N + K) matrix: a list of 1 or 2 rows of numbers "
+                        f"(e.g. [[2.0]] for out = 2 in), got {coeffs!r}")
+    coeffs = list(coeffs)
+    if coeffs and not all(hasattr(row, "__iter__") and not isinstance(row, (str, bytes)) for row in coeffs):
+        raise TypeError(f"fused_step: coefficients must be an (M, N + K) matrix: a list of 1 or 2 rows of numbers "
+                        f"(e.g. [{coeffs!r}] for one output), got the flat list {coeffs!r}")
+    try:
+        rows = [list(map(float, row)) for row in coeffs]
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"fused_step: coefficients must be real numbers, got {coeffs!r} ({exc})") from None
     if not rows or any(len(row) != len(rows[0]) for row in rows):
         raise ValueError("fused_step: coefficients must be a non-empty (M, N + K) matrix")
     return rows
 
 
+def check_coefficients(flat: Sequence[float]) -> None:
+    """Every coefficient finite and representable in the kernels' float32 (|c| <= FLT_MAX); NaN refused."""
+    if not all(math.isfinite(c) and abs(c) <= FLOAT32_MAX for c in flat):
+        bad = next(c for c in flat if not (math.isfinite(c) and abs(c) <= FLOAT32_MAX))
+        raise ValueError(f"fused_step: coefficient {bad!r} is not a finite float32 value (|c| <= {FLOAT32_MAX:.8g} "
+                         "and not NaN); check the sigmas and solver options that produced it")
+
+
+def _byte_range(t: torch.Tensor):
+    lo = t.data_ptr()
+    return lo, lo + t.numel() * t.element_size()
+
+
 def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
-    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+    if a.numel() == 0 or b.numel() == 0 or a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
         return False
-    a_lo, b_lo = a.data_ptr(), b.data_ptr()
-    a_hi = a_lo + a.numel() * a.element_size()
-    b_hi = b_lo + b.numel() * b.element_size()
+    a_lo, a_hi = _byte_range(a)
+    b_lo, b_hi = _byte_range(b)
     return a_lo < b_hi and b_lo < a_hi
+
+
+def exact_alias(out: torch.Tensor, t: torch.Tensor) -> bool:
+    """Whether the contiguous output ``out`` and input ``t`` are the same elements (an in-place update)."""
+    return t.data_ptr() == out.data_ptr() and t.element_size() == out.element_size() and t.is_contiguous()
+
+
+def check_aliasing(outs: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor]) -> None:
+    """Outputs pairwise disjoint; an output and an input either disjoint or the same elements (in place)."""
+    for m, o in enumerate(outs):
+        for j, other in enumerate(outs[:m]):
+            if _overlaps(o, other):
+                raise ValueError(f"fused_step: outputs {j} and {m} overlap in memory (the same tensor, or views of "
+                                 "one buffer); pass distinct output tensors")
+        for i, t in enumerate(inputs):
+            if _overlaps(o, t) and not exact_alias(o, t):
+                raise ValueError(f"fused_step: output {m} partially overlaps input {i}; an output may only alias an "
+                                 "input exactly (same memory, shape and dtype: an in-place update) or not at all")
 
 
 def validate(inputs: Sequence[torch.Tensor], coeffs, outs: Optional[Sequence[torch.Tensor]], seeds, counter: int,
@@ -85,21 +129,19 @@ def validate(inputs: Sequence[torch.Tensor], coeffs, outs: Optional[Sequence[tor
         raise ValueError(f"fused_step: coefficient rows need N + K = {len(inputs)} + {num_noise} entries, "
                          f"got {len(rows[0])}")
     flat = [c for row in rows for c in row]
-    if not all(math.isfinite(c) for c in flat):
-        raise ValueError(f"fused_step: coefficients must be finite, got {rows}")
+    check_coefficients(flat)
     shape, device = inputs[0].shape, inputs[0].device
     if num_noise:
-        if not isinstance(seeds, torch.Tensor) or seeds.dtype != torch.int64 or seeds.dim() != 1:
-            raise TypeError("fused_step: in-kernel noise needs seeds as a 1-D int64 tensor (one seed per sample)")
-        samples = shape[0] if len(shape) else 1
-        if seeds.numel() != samples:
-            raise ValueError(f"fused_step: {seeds.numel()} seeds for {samples} samples (the leading dimension)")
-        if seeds.device != device:
-            raise ValueError(f"fused_step: seeds are on {seeds.device}, the tensors on {device}")
+        if seeds is None:
+            raise TypeError("fused_step: in-kernel noise needs seeds: one int per sample (the leading dimension) as "
+                            "a list, an integer tensor or array, or one int s (sample b uses s + b)")
+        seeds = seed_tensor(seeds, shape[0] if len(shape) else 1, device, "fused_step: seeds")
     else:
         seeds = None
-    if not isinstance(counter, int) or not 0 <= counter <= MAX_COUNTER:
-        raise ValueError(f"fused_step: counter must be an int in [0, {MAX_COUNTER}], got {counter!r}")
+    if isinstance(counter, bool) or not isinstance(counter, numbers.Integral) or not 0 <= counter <= MAX_COUNTER:
+        raise ValueError(f"fused_step: counter must be an int in [0, 2**30 - 1 = {MAX_COUNTER}] (a step or event "
+                         f"index), got {counter!r}")
+    counter = int(counter)
     if outs is None:
         outs = [torch.empty_like(inputs[0], memory_format=torch.contiguous_format) for _ in rows]
     outs = [outs] if isinstance(outs, torch.Tensor) else list(outs)
@@ -113,12 +155,6 @@ def validate(inputs: Sequence[torch.Tensor], coeffs, outs: Optional[Sequence[tor
                              f"inputs are {tuple(shape)} on {device}")
         if not o.is_contiguous():
             raise ValueError(f"fused_step: output {m} is not contiguous; pass a contiguous tensor")
-        for j, other in enumerate(outs[:m]):
-            if _overlaps(o, other):
-                raise ValueError(f"fused_step: outputs {j} and {m} overlap in memory")
-        for i, t in enumerate(inputs):
-            if _overlaps(o, t) and not (t.data_ptr() == o.data_ptr() and t.is_contiguous()):
-                raise ValueError(f"fused_step: output {m} partially overlaps input {i}; "
-                                 "an output may only alias an input exactly")
+    check_aliasing(outs, inputs)
     inputs = [t if t.is_contiguous() else t.contiguous() for t in inputs]
     return FusedStepCall(outs, inputs, flat, seeds, counter, num_noise)

@@ -8,6 +8,7 @@ from typing import List, Optional
 import torch
 
 from . import registry
+from .autograd import needs_grad, write_with_grad
 from .contract import FusedStepCall
 from .reference import fused_step_math
 
@@ -24,6 +25,8 @@ def _(outs, inputs, coeffs, seeds, counter, num_noise) -> None:
 
 
 def _run(call: FusedStepCall) -> None:
+    if needs_grad(call.inputs + call.outs):
+        return write_with_grad(call, "eager")
     fused_step_eager(call.outs, call.inputs, call.coeffs, call.seeds, call.counter, call.num_noise)
 
 

@@ -8,16 +8,21 @@ M, N, K are ``tl.constexpr`` (one compiled kernel per step kind); coefficients a
 device tensor: CUDA-graph capturable once tuned). On a GPU the block size and warps are autotuned per
 (per-sample size, M, N, K, dtypes); under ``TRITON_INTERPRET=1`` a fixed small configuration runs on CPU tensors.
 
+The launch is the registered op ``torch.ops.fastint.fused_step_triton`` (``torch.library.triton_op``, the kernel
+launched through ``wrap_triton``; registered when the backend first runs): ``torch.compile`` sees one op, whose
+Triton kernel Inductor can schedule itself.
+
 Triton is imported lazily (first use), never by ``import fastint``.
 """
 
 import importlib.util
 import os
-from typing import Optional
+from typing import List, Optional
 
 import torch
 
 from . import registry
+from .autograd import needs_grad, write_with_grad
 from .contract import KERNEL_DTYPES, FusedStepCall
 
 MAX_IN, MAX_NOISE = 6, 4
@@ -119,11 +124,13 @@ def _build_kernel():
             else:
                 tl.store(out1 + offs, acc1.to(out1.dtype.element_ty), mask=mask)
 
+    from torch.library import wrap_triton
+
     if interpreting():
         def launch(grid_groups, samples, *args, **meta):
             block = 64
-            fused_step_kernel[(triton.cdiv(grid_groups, block), samples)](*args, **meta, BLOCK_GROUPS=block,
-                                                                          num_warps=4)
+            wrap_triton(fused_step_kernel)[(triton.cdiv(grid_groups, block), samples)](
+                *args, **meta, BLOCK_GROUPS=block, num_warps=4)
         return launch
 
     configs = [triton.Config({"BLOCK_GROUPS": bg}, num_warps=w)
@@ -132,7 +139,7 @@ def _build_kernel():
                             restore_value=["out0", "out1"])(fused_step_kernel)
 
     def launch(grid_groups, samples, *args, **meta):
-        tuned[lambda m: (triton.cdiv(grid_groups, m["BLOCK_GROUPS"]), samples)](*args, **meta)
+        wrap_triton(tuned)[lambda m: (triton.cdiv(grid_groups, m["BLOCK_GROUPS"]), samples)](*args, **meta)
     launch.jit_fn = fused_step_kernel  # the @triton.jit kernel itself (tests/kernels/test_cuda_static.py)
     launch.configs = configs
     return launch
@@ -145,9 +152,10 @@ def _kernel():
     return _kernels[key]
 
 
-def _run(call: FusedStepCall) -> None:
-    inputs, outs = call.inputs, call.outs
-    n_in, m_out, k = len(inputs), len(outs), call.num_noise
+def _launch(outs: List[torch.Tensor], inputs: List[torch.Tensor], coeffs: List[float],
+            seeds: Optional[torch.Tensor], counter: int, num_noise: int) -> None:
+    """A validated call (``contract.validate``) as one Triton launch; also the op's fake implementation."""
+    n_in, m_out, k = len(inputs), len(outs), num_noise
     shape = inputs[0].shape
     samples = shape[0] if len(shape) else 1
     numel = inputs[0].numel()
@@ -159,16 +167,36 @@ def _run(call: FusedStepCall) -> None:
     for m in range(2):
         slots = [0.0] * ROW
         if m < m_out:
-            row = call.coeffs[m * width:(m + 1) * width]
+            row = coeffs[m * width:(m + 1) * width]
             slots[:n_in] = row[:n_in]
             slots[MAX_IN:MAX_IN + k] = row[n_in:]
         rows.append(slots)
     ins = list(inputs) + [inputs[0]] * (MAX_IN - n_in)
     out_list = list(outs) + [outs[0]] * (2 - m_out)
-    seeds = call.seeds if call.seeds is not None else torch.zeros(1, dtype=torch.int64, device=inputs[0].device)
+    seeds = seeds if seeds is not None else torch.zeros(1, dtype=torch.int64, device=inputs[0].device)
     groups = (per_sample + 3) // 4
     _kernel()(groups, samples, out_list[0], out_list[1], *ins, seeds, *rows[0], *rows[1], per_sample,
-              4 * call.counter, N=n_in, M=m_out, K=k)
+              4 * counter, N=n_in, M=m_out, K=k)
+
+
+_ops = []
+
+
+def registered_op():
+    """``torch.ops.fastint.fused_step_triton``, registered on first use (``triton_op`` imports triton, which
+    ``import fastint`` must not)."""
+    if not _ops:
+        op = torch.library.triton_op("fastint::fused_step_triton", _launch, mutates_args={"outs"})
+        if interpreting():  # an interpreted kernel cannot run on fake tensors: the fake only checks nothing
+            op.register_fake(lambda outs, inputs, coeffs, seeds, counter, num_noise: None)
+        _ops.append(op)
+    return _ops[0]
+
+
+def _run(call: FusedStepCall) -> None:
+    if needs_grad(call.inputs + call.outs):
+        return write_with_grad(call, "triton")
+    registered_op()(call.outs, call.inputs, call.coeffs, call.seeds, call.counter, call.num_noise)
 
 
 def _probe() -> Optional[str]:

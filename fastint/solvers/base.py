@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..ops import extension, registry
+from ..ops.autograd import needs_grad
 from ..ops.contract import validate
 
 Term = Tuple[float, torch.Tensor]
@@ -114,6 +115,18 @@ def all_finite(t: torch.Tensor) -> bool:
     return math.isfinite(t.sum().item()) or bool(torch.isfinite(t).all())
 
 
+def may_record_grad(model, x: torch.Tensor, extra_args: Dict[str, Any]) -> bool:
+    """Whether autograd may record a sampling run: grad mode is on and x, a tensor in extra_args or a parameter of
+    the model (an ``nn.Module``, or a fastint adapter's ``inner_model``) requires grad. Such a run takes the general
+    loop with fresh op outputs (``combine``), never the planned loop's in-place buffer rotation."""
+    if not torch.is_grad_enabled():
+        return False
+    if x.requires_grad or any(isinstance(v, torch.Tensor) and v.requires_grad for v in extra_args.values()):
+        return True
+    modules = (model, getattr(model, "inner_model", None))
+    return any(isinstance(m, torch.nn.Module) and any(p.requires_grad for p in m.parameters()) for m in modules)
+
+
 class SamplingContext:
     """What a solver needs: the model, the sigmas as floats, the noise source and the fused op."""
 
@@ -130,6 +143,7 @@ class SamplingContext:
         self._staged: Optional[Tuple[torch.Tensor, float, torch.Tensor]] = None
         self._owned: Dict[int, weakref.ref] = {}
         self._backends: Dict[Tuple, Tuple[registry.Backend, Callable]] = {}
+        self.records_grad = may_record_grad(model, x, extra_args)
 
     @property
     def steps(self) -> int:
@@ -249,10 +263,12 @@ class SamplingContext:
             else:
                 num_noise, seeds, counter = len(noise_coeffs), self.seeds, event.counter
                 coeffs += list(noise_coeffs)
-        out = inplace if inplace is not None and self.owns(inplace) else None
+        recorded = needs_grad(inputs)  # autograd may need every earlier state: fresh outputs, never owned buffers
+        out = inplace if inplace is not None and self.owns(inplace) and not recorded else None
         if out is None:
             out = torch.empty(self.shape, dtype=self.dtype, device=self.device)
-            self._owned[id(out)] = weakref.ref(out)
+            if not recorded:
+                self._owned[id(out)] = weakref.ref(out)
         outs = [out]
         plan = self._host_plan(next_sigma) if next_sigma is not None and self._host_plan is not None else None
         if plan is not None and plan[0] != 1.0:

@@ -46,9 +46,10 @@ class LinearStep(NamedTuple):
 
 def plannable(ctx) -> bool:
     """Whether ``run_linear`` can run this sampling call: a fastint adapter with a host path at every sigma that is
-    evaluated, in-kernel (or no) noise, and no per-step callback or progress bar."""
+    evaluated, in-kernel (or no) noise, no per-step callback or progress bar, and nothing autograd records (its
+    state buffers are overwritten in place)."""
     if ctx._host_plan is None or ctx.callback is not None or ctx.progress_bar is not None \
-            or ctx.noise_sampler is not None:
+            or ctx.noise_sampler is not None or ctx.records_grad:
         return False
     return all(map(ctx._host_plan, ctx.sigmas[:-1]))  # a plan is a non-empty tuple
 
