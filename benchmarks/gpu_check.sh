@@ -137,8 +137,8 @@ then result "GPU benchmarks" "ok (gpu_bench.md)"; else result "GPU benchmarks" "
 
 step "benchmark suite on CUDA (fused op vs floor and peers incl. CUDA-graph replay, e2e UNet, whole-loop graph)"
 mkdir -p "$OUT/bench"
-if "$PY" -m fastint.bench_suite --device cuda --full --out "$OUT/bench" > "$OUT/bench_suite.log" 2>&1; then
-  result "fastint.bench_suite --full" "ok (bench/results.md)"; else result "fastint.bench_suite --full" "FAILED (bench_suite.log)"; status=1; fi
+if "$PY" -m benchmarks.bench_suite --device cuda --full --out "$OUT/bench" > "$OUT/bench_suite.log" 2>&1; then
+  result "benchmarks.bench_suite --full" "ok (bench/results.md)"; else result "benchmarks.bench_suite --full" "FAILED (bench_suite.log)"; status=1; fi
 
 step "end to end with a briefly trained UNet (CUDA)"
 if "$PY" benchmarks/bench_end_to_end.py --device cuda --train-seconds 30 --out "$OUT/bench/e2e" > "$OUT/e2e.log" 2>&1; then

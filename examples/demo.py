@@ -1,4 +1,5 @@
-"""The demo (``python -m fastint demo``): sample quality versus model evaluations for every solver.
+"""The demo's main table: sample quality versus model evaluations for every solver (``fastint demo`` runs it
+through ``examples/demo_main.py``).
 
 It samples the embedded analytic target ``fastint.models.default_mixture()`` (a 2-D, 8-component Gaussian mixture
 with its exact denoiser) with each method at several NFE budgets, on Karras sigmas, from the same N(0, sigma_max^2)
@@ -13,7 +14,7 @@ and ``quality_vs_nfe.png`` (distance vs NFE, log scale, one line per method, the
 
 Extending it: every row comes from a ``DemoEntry`` (a name, the NFE a number of steps costs, and a runner).
 ``solver_entries()`` makes one per ``fastint.list_solvers()`` row; other methods (Restart, guided splitting,
-augmented-space CLD/PSLD samplers) call ``register_entry(DemoEntry(...))`` at import, with their own ``section``, and
+augmented-space CLD/PSLD samplers) are added with ``register_entry(DemoEntry(...))`` (``demo_main`` does it), with their own ``section``, and
 appear in the table, the plot and ``--solvers``. The NFE printed is always counted (a counting model wrapper), never
 taken from the plan.
 """
@@ -28,12 +29,12 @@ from typing import Callable, Dict, List, Optional, Sequence, TextIO
 
 import torch
 
-from . import schedules
-from .metrics import frechet_distance, random_directions, sliced_wasserstein
-from .models.gaussian_mixture import GaussianMixture, default_mixture
-from .ops import list_backends
-from .sampling import sample
-from .solvers import list_solvers
+from fastint import schedules
+from fastint.metrics import frechet_distance, random_directions, sliced_wasserstein
+from fastint.models.gaussian_mixture import GaussianMixture, default_mixture
+from fastint.ops import list_backends
+from fastint.sampling import sample
+from fastint.solvers import list_solvers
 
 DEFAULT_BUDGETS = (10, 20, 40)
 DEFAULT_BATCH = 20000
@@ -270,8 +271,6 @@ def run_demo(out_dir: Optional[str] = "demo_out", batch: int = DEFAULT_BATCH,
             else:
                 print(f"plot skipped: {reason}", file=stream)
         print(f"\nwrote {', '.join(result.files.values())}", file=stream)
-    if solvers is None:  # the full demo: also the Restart-plateau and guided-splitting tables (fastint.demo_extras)
-        _extras.print_sections(stream, backend=backend, out_dir=out_dir)
     result.wall_seconds = time.perf_counter() - start
     print(f"demo wall time {result.wall_seconds:.1f} s", file=stream, flush=True)
     return result
@@ -410,9 +409,3 @@ def plot_quality(result: DemoResult, path: str) -> Optional[str]:
     fig.savefig(path, dpi=110, bbox_inches="tight", bbox_extra_artists=[legend, fig._suptitle])
     plt.close(fig)
     return None
-
-
-from . import demo_extras as _extras  # noqa: E402,F401  (registers Restart and the guided entries)
-from .augmented import demo_entries as _augmented  # noqa: E402
-
-_augmented.register()

@@ -1,4 +1,4 @@
-"""The demo's Restart and guided-splitting parts (registered into ``fastint.demo`` at import).
+"""The demo's Restart and guided-splitting parts (``register()`` adds their rows to ``demo``).
 
 1. Main table entries: ``restart`` (Heun main pass + one restart interval ``[3, 2, 1.0, 3.0]`` when it fits the grid)
    and ``lie_trotter`` / ``strang`` as class-conditional samplers with labels drawn from the class prior
@@ -18,12 +18,12 @@ from typing import Dict, List, Optional, TextIO
 import torch
 
 from . import demo as _demo
-from . import schedules
-from .metrics import frechet_distance, random_directions, sliced_wasserstein
-from .models.gaussian_mixture import default_mixture
-from .sampling import sample
-from .solvers.guidance import mixture_class_guidance
-from .solvers.restart import parse_restart_info, plan_restart, restart_nfe
+from fastint import schedules
+from fastint.metrics import frechet_distance, random_directions, sliced_wasserstein
+from fastint.models.gaussian_mixture import default_mixture
+from fastint.sampling import sample
+from fastint.solvers.guidance import mixture_class_guidance
+from fastint.solvers.restart import parse_restart_info, plan_restart, restart_nfe
 
 DEMO_INTERVAL = {"0": [3, 2, 1.0, 3.0]}
 PLATEAU_SIGMA_MAX = 3.0
@@ -63,11 +63,13 @@ def _guided_runner(name: str):
     return run
 
 
-_demo.register_entry(_demo.DemoEntry("restart", _restart_nfe, _restart_run, section="restart",
-                                     description="Restart: Heun + interval [3, 2, 1.0, 3.0] (K=2 jumps 1 -> 3)"))
-for _name in ("lie_trotter", "strang"):
-    _demo.register_entry(_demo.DemoEntry(_name, lambda steps: steps, _guided_runner(_name), section="guided",
-                                         description="class-conditional, labels ~ p(y), guidance scale 1"))
+def register() -> None:
+    """Add the Restart and guided-splitting rows to the demo (``demo.register_entry``)."""
+    _demo.register_entry(_demo.DemoEntry("restart", _restart_nfe, _restart_run, section="restart",
+                                         description="Restart: Heun + interval [3, 2, 1.0, 3.0] (K=2 jumps 1 -> 3)"))
+    for name in ("lie_trotter", "strang"):
+        _demo.register_entry(_demo.DemoEntry(name, lambda steps: steps, _guided_runner(name), section="guided",
+                                             description="class-conditional, labels ~ p(y), guidance scale 1"))
 
 
 # ------------------------------------------------------------------------------------------------ Restart table

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import fastint
-from fastint import cli, demo
+from examples import demo, demo_main  # noqa: F401  (demo_main registers every entry)
+from fastint import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -105,7 +106,7 @@ def test_every_listed_solver_is_a_demo_entry():
 
 
 def test_augmented_samplers_are_demo_entries():
-    from fastint.augmented.demo_entries import ENTRIES
+    from examples.demo_augmented import ENTRIES
     sections = {e.name: e.section for e in demo.available_entries()}
     assert all(sections.get(name) == "augmented" for name, _, _ in ENTRIES), sections
 
@@ -206,7 +207,7 @@ def test_cli_help(command, capsys):
 
 def test_demo_sections_run_on_the_demo_backend():
     """The full demo's Restart-plateau and guided tables (float64 guided errors) on the demo's default backend."""
-    from fastint import demo_extras
+    from examples import demo_extras
     stream = io.StringIO()
     text = demo_extras.print_sections(stream, backend=demo.default_backend())
     assert "Restart where the ODE plateaus" in text and "plms needs 1." in text
@@ -214,7 +215,7 @@ def test_demo_sections_run_on_the_demo_backend():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
-def test_cli_keeps_freed_memory_for_reuse():
-    """The CLI sets glibc's mmap/trim thresholds (freed temporaries are reused instead of unmapped and faulted in
+def test_demo_keeps_freed_memory_for_reuse():
+    """The demo sets glibc's mmap/trim thresholds (freed temporaries are reused instead of unmapped and faulted in
     again): mallopt accepts the values on this machine."""
-    assert cli.retain_freed_memory() is True
+    assert demo_main.retain_freed_memory() is True
