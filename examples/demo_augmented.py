@@ -32,10 +32,15 @@ def _runner(process_cls, method):
     return run
 
 
+NOTES = {"pf_heun": "Heun on the probability-flow ODE of the augmented process, on the reference code's linear time "
+                   "grid from t = 1: with fewer than about 10 steps it is far from converged (its larger budgets show "
+                   "it converging fast, second order)"}
+
+
 def entries():
     from .demo import DemoEntry
     return [DemoEntry(name, (lambda per: (lambda steps: per * steps + 1))(nfe_per_step(method)),
-                      _runner(cls, method), section="augmented",
+                      _runner(cls, method), section="augmented", note=NOTES.get(method, ""),
                       description=f"{cls.name} {method} (fastint.augmented)") for name, cls, method in ENTRIES]
 
 

@@ -54,6 +54,49 @@ def test_demo_writes_a_valid_png_and_tables(small_demo):
     assert set(result.files) == {"table", "json", "plot"}
 
 
+def test_demo_prints_progress_for_every_method_and_budget(small_demo):
+    result, text, out = small_demo
+    for k, name in enumerate(("euler", "heun"), 1):
+        for budget in (5, 10):
+            assert f"[ {k}/2] {name:<5}  NFE budget {budget:>3}:" in text, text
+    assert text.index("floor (exact samples") < text.index("[ 1/2] euler")  # progress before the table
+    assert text.index("[ 2/2] heun") < text.index("NFE budget  method")
+
+
+def test_demo_announces_every_file_it_writes(small_demo):
+    result, text, out = small_demo
+    written = sorted(os.path.join(str(out), name) for name in os.listdir(out))
+    assert written == sorted(result.files.values())
+    for path in written:
+        assert f"wrote {path}" in text
+
+
+def test_demo_skips_a_method_below_its_minimum_configuration_and_says_why():
+    """Restart's interval does not fit in 10 NFE: the demo skips it there (it used to run 1 plain Euler step under
+    the name 'restart') and says so in the progress, in the result and under the table."""
+    stream = io.StringIO()
+    result = demo.run_demo(out_dir=None, batch=64, budgets=(10, 20), solvers=["restart"], stream=stream)
+    assert [(r.budget, r.nfe > 10) for r in result.rows] == [(20, True)]
+    assert len(result.skipped) == 1 and result.skipped[0].startswith("restart at NFE budget 10: skipped")
+    assert "restart interval" in result.skipped[0]
+    assert "NFE budget  10: skipped (needs" in stream.getvalue()
+    assert "not run: restart at NFE budget 10" in result.table()
+
+
+def test_demo_table_explains_outliers():
+    row = demo.DemoRow("slow_method", "solvers", 10, 2, 3, 50.0, 1.0, 0.1)
+    result = demo.DemoResult([row], 1.0, 1.0, [0.9, 1.1], [0.9, 1.1], 64, [10], "eager", 0, 1,
+                             notes={"slow_method": "two steps of a method that needs ten"})
+    table = result.table()
+    assert "far above the floor (more than 20x): slow_method at 3 NFE (2 steps, 50x): two steps of a method" in table
+
+
+def test_plot_series_are_distinct_in_colour_and_marker():
+    colors, markers = demo.series_styles(24)
+    assert len(set(colors)) == 24 and len(set(markers)) == 24
+    assert len(demo.available_entries()) <= 24  # every demo series gets its own pair
+
+
 def test_demo_counts_nfe_and_fits_budgets(small_demo):
     result = small_demo[0]
     got = {(r.name, r.budget): (r.steps, r.nfe) for r in result.rows}
@@ -211,7 +254,8 @@ def test_demo_sections_run_on_the_demo_backend():
     stream = io.StringIO()
     text = demo_extras.print_sections(stream, backend=demo.default_backend())
     assert "Restart where the ODE plateaus" in text and "plms needs 1." in text
-    assert stream.getvalue().strip() == text.strip()
+    printed = stream.getvalue()
+    assert text in printed and printed.count("running") == 2 and printed.count("done in") == 2  # progress lines
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
