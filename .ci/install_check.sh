@@ -26,10 +26,10 @@ done_step() { echo "   ok ($((SECONDS - step_start)) s)"; }
 step "sdist (FASTINT_BUILD_EXT=0: no torch needed to make it)"
 FASTINT_BUILD_EXT=0 "$PYTHON" setup.py -q sdist -d "$WORK/dist" > "$WORK/sdist.log" 2>&1 || { cat "$WORK/sdist.log"; exit 1; }
 SDIST=$(ls "$WORK"/dist/fastint-*.tar.gz)
-missing=$(cd csrc && for f in $(git ls-files '*.h' '*.cuh' '*.cpp' '*.cu'); do
-  tar -tzf "$SDIST" | grep -q "/csrc/$f\$" || echo "csrc/$f"; done)
+tar -tzf "$SDIST" | sed 's|^[^/]*/||' > "$WORK/sdist_files.txt"
+missing=$(git ls-files 'csrc/*.h' 'csrc/*.cuh' 'csrc/*.cpp' 'csrc/*.cu' LICENSE | grep -vxFf "$WORK/sdist_files.txt" || true)
 [ -z "$missing" ] || { echo "the sdist lacks: $missing"; exit 1; }
-if tar -tzf "$SDIST" | grep -E '\.so$|\.o$|_build_info\.py$'; then echo "the sdist carries build products"; exit 1; fi
+if grep -E '\.so$|\.o$|_build_info\.py$' "$WORK/sdist_files.txt"; then echo "the sdist carries build products"; exit 1; fi
 echo "   $(basename "$SDIST"): every csrc source and header, no build product"
 done_step
 
@@ -68,7 +68,7 @@ PY
 
 new_venv() {  # new_venv DIR PACKAGES...: a fresh venv with only these
   "$PYTHON" -m venv "$1"
-  "$1/bin/python" -m pip install -q "${@:2}"
+  "$1/bin/python" -m pip install -q "${@:2}" > "$1.log" 2>&1 || { tail -40 "$1.log"; exit 1; }
 }
 
 step "1. fresh venv with torch==$TORCH_VERSION only; pip install <sdist> (build isolation on)"
@@ -111,8 +111,8 @@ SITE_NOISO=$("$WORK/noiso/bin/python" -c "import sysconfig; print(sysconfig.get_
 grep -q "MODE = 'jit'" "$SITE_ISO/fastint/_build_info.py"
 grep -q "build isolation" "$SITE_ISO/fastint/_build_info.py"
 grep -q "MODE = 'aot'" "$SITE_NOISO/fastint/_build_info.py"
-for f in $(cd csrc && git ls-files '*.h' '*.cuh' '*.cpp' '*.cu'); do
-  [ -f "$SITE_ISO/fastint/_csrc/$f" ] || { echo "the installed package lacks _csrc/$f"; exit 1; }; done
+for f in $(git ls-files 'csrc/*.h' 'csrc/*.cuh' 'csrc/*.cpp' 'csrc/*.cu'); do
+  [ -f "$SITE_ISO/fastint/_$f" ] || { echo "the installed package lacks fastint/_$f"; exit 1; }; done
 SO=$(ls "$SITE_NOISO"/fastint/_C*.so)
 if grep -qa "\.debug_info" "$SO"; then echo "$SO has debug info"; exit 1; fi
 if grep -qa "\.symtab" "$SO"; then echo "$SO is not stripped"; exit 1; fi

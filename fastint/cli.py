@@ -364,9 +364,10 @@ WIDTH = 100  # the terminal width `fastint solvers` fits
 
 
 def _stochastic(row: dict) -> str:
-    """'yes', 'no', or 'churn only' for the deterministic EDM solvers whose s_churn option adds noise."""
+    """'yes', 'when eta > 0' (eta defaults to 0), 'no', or 'churn only' (the EDM solvers: s_churn adds noise)."""
     if row["stochastic"]:
-        return "yes"
+        eta = row["options"].get("eta")
+        return "when eta > 0" if eta == 0 else "yes"
     return "churn only" if "s_churn" in row["options"] else "no"
 
 

@@ -207,6 +207,51 @@ def test_cli_solvers_lists_every_solver():
     assert "NFE/step" in proc.stdout and "stochastic" in proc.stdout
 
 
+def test_cli_solvers_fits_100_columns_and_agrees_with_the_readme():
+    proc = _run_cli("solvers")
+    assert proc.returncode == 0, proc.stderr
+    assert max(len(line) for line in proc.stdout.splitlines()) <= 100, proc.stdout
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines()[2:] if line.strip() and line[0] != "*"}
+    assert "churn only" in rows["euler"] and "churn only" in rows["heun"]
+    assert "when eta > 0" in rows["ddim"] and " yes " in rows["dpmpp_2m_sde"]
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    assert "| `euler` | 1 | 1 | churn only |" in readme and "| `ddim` | 1 | 1 | when `eta > 0` |" in readme
+
+
+def test_cli_solvers_name_shows_the_details():
+    proc = _run_cli("solvers", "dpmpp_2m_sde")
+    assert proc.returncode == 0, proc.stderr
+    assert "solver_type = 'midpoint'" in proc.stdout and "eta = 1.0" in proc.stdout
+    bad = _run_cli("solvers", "nope")
+    assert bad.returncode == 2 and "unknown solver 'nope'" in bad.stderr
+
+
+def test_cli_bench_defaults_to_one_thread_and_prints_it(capsys):
+    before = torch.get_num_threads()
+    try:
+        assert cli.main(["bench", "--sizes", "1024", "--repeat", "1", "--no-progress"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert "1 thread(s) (--threads)" in capsys.readouterr().out
+
+
+def test_cli_demo_and_bench_need_a_checkout(monkeypatch, tmp_path, capsys):
+    from fastint import _checkout
+    monkeypatch.setattr(_checkout, "_candidates", lambda: iter([str(tmp_path)]))
+    for command in (["demo"], ["bench"]):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(command)
+        assert exc.value.code == 1
+        err = capsys.readouterr().err
+        assert "not part of the installed package" in err and "checkout" in err
+
+
+def test_cpp_backend_description_names_fastints_own_polynomials():
+    cpp = next(b for b in fastint.list_backends() if b["name"] == "cpp")
+    assert "SLEEF" not in cpp["description"] and "own" in cpp["description"]
+
+
 def test_cli_backends_lists_eager_and_compile():
     proc = _run_cli("backends")
     assert proc.returncode == 0, proc.stderr
