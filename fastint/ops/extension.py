@@ -85,7 +85,8 @@ def _just_in_time(info) -> Tuple[Optional[object], Optional[str]]:
         return module, None
     why_not_installed = getattr(info, "REASON", None) or "nothing was compiled at install time"
     reason = f"no compiled kernels: {why_not_installed}; on first use: {problem}"
-    _warn_once("jit", f"fastint: {reason}. Using the pure-Python backends (eager, compile); see docs/build.md.")
+    _warn_once("jit", f"fastint: {reason}. Using the pure-Python backends (eager; compile where a C++ compiler "
+                      "works); see docs/build.md.")
     return None, reason
 
 
