@@ -76,8 +76,6 @@ def _pure(mode, reason):
     BuildPy.info = dict(mode=mode, reason=reason, torch_version=None, with_cuda=False, cpu_variants=(),
                         cuda_arch_list=None)
     _log(reason + ("" if mode == "disabled" else "; the kernels will be compiled on first use (docs/build.md)"))
-    if os.path.exists(SOURCE_BUILD_INFO):  # an in-place build's record would be stale from here on
-        os.remove(SOURCE_BUILD_INFO)
     return {"cmdclass": {"build_py": BuildPy}}
 
 

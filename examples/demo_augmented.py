@@ -33,8 +33,10 @@ def _runner(process_cls, method):
 
 
 NOTES = {"pf_heun": "Heun on the probability-flow ODE of the augmented process, on the reference code's linear time "
-                   "grid from t = 1: with fewer than about 10 steps it is far from converged (its larger budgets show "
-                   "it converging fast, second order)"}
+                   "grid from t = 1, is far from converged with fewer than about 10 steps, then converges fast "
+                   "(second order)",
+         "conjugate": "lambda-DDIM freezes eps and takes the stiff part of the drift explicitly, so a few large steps "
+                      "overshoot (docs/augmented.md)"}
 
 
 def entries():

@@ -194,10 +194,14 @@ def format_sections(restart_rows: List[Dict], guided_rows: List[Dict]) -> str:
                 r = next(r for r in guided_rows if r["w"] == w and r["method"] == m and r["steps"] == steps)
                 cells.append(f"{r['error']:>16.3e} {r['seconds']:>6.3f}")
             out.append(f"{w:>4g}  {steps:>5}  " + "  ".join(cells))
-        for n in GUIDED_STEPS[:3]:
-            ratio = steps_ratio(guided_rows, w, n)
-            out.append(f"      w={w:g}: plms needs {'%.2f x' % ratio if ratio else 'no more than'} the steps of strang "
-                       f"at {n} steps for the same error")
+        counts = GUIDED_STEPS[:3]
+        ratios = [steps_ratio(guided_rows, w, n) for n in counts]
+        at = ", ".join(map(str, counts))
+        if all(r is None for r in ratios):
+            out.append(f"      w={w:g}: plms reaches strang's error with no more steps than strang (at {at} steps)")
+        else:
+            out.append(f"      w={w:g}: plms needs " + ", ".join("%.2fx" % r if r else "<= 1x" for r in ratios)
+                       + f" the steps of strang at {at} steps for the same error")
     out.append("gradients per step: plms 1, lie_trotter 1, strang 2 (1 on a last step to 0); one model call per "
                "step each.")
     return "\n".join(out)
