@@ -84,8 +84,10 @@ def register() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ Restart table
-def restart_table(batch: int = 10000, seeds=(0, 1), backend: Optional[str] = None) -> List[Dict]:
-    """Restart vs Heun vs dpmpp_2m_sde at equal NFE on the prior-mismatch task (sigma_max = 3)."""
+def restart_table(batch: int = 10000, seeds=(0, 1), backend: Optional[str] = None,
+                  progress: Optional[TextIO] = None) -> List[Dict]:
+    """Restart vs Heun vs dpmpp_2m_sde at equal NFE on the prior-mismatch task (sigma_max = 3); a line per run
+    to ``progress`` when given."""
     target = default_mixture()
     ref = target.sample(batch, generator=torch.Generator().manual_seed(1))
     dirs = random_directions(256, target.dim, torch.Generator().manual_seed(2))
@@ -116,6 +118,9 @@ def restart_table(batch: int = 10000, seeds=(0, 1), backend: Optional[str] = Non
             rows.append({"budget": nfe, "method": name, "nfe": 119 if "60 steps" in name else nfe,
                          "sliced_w2": sum(sw) / len(sw), "sliced_w2_range": [min(sw), max(sw)],
                          "frechet": sum(fd) / len(fd), "seconds": secs / len(seeds)})
+            if progress is not None:
+                print(f"  restart table: {main_steps} main steps, {name}: sliced W2 {rows[-1]['sliced_w2']:.4f}",
+                      file=progress, flush=True)
     return rows
 
 
@@ -135,7 +140,8 @@ def _exact_guided_endpoint(target, x0, guidance, w, s_max, s_min):
     return torch.from_numpy(sol.y[:, -1]).reshape(x0.shape)
 
 
-def guided_table(batch: int = 256, seed: int = 0, backend: Optional[str] = None) -> List[Dict]:
+def guided_table(batch: int = 256, seed: int = 0, backend: Optional[str] = None,
+                 progress: Optional[TextIO] = None) -> List[Dict]:
     """Mean |x - x_exact| of plms, lie_trotter and strang (PLMS4) against the exact guided ODE endpoint (grid: Karras
     80 .. 0.002, the steps end at 0.002), per guidance scale and number of steps, with gradient counts and time."""
     target = default_mixture()
@@ -146,6 +152,9 @@ def guided_table(batch: int = 256, seed: int = 0, backend: Optional[str] = None)
     rows = []
     for w in GUIDED_SCALES:
         exact = _exact_guided_endpoint(target, x0, mixture_class_guidance(target, labels), w, s_max, s_min)
+        if progress is not None:
+            print(f"  guided table: w = {w:g}, exact solution done; the three methods at {len(GUIDED_STEPS)} step "
+                  "counts ...", file=progress, flush=True)
         for name in ("plms", "lie_trotter", "strang"):
             for steps in GUIDED_STEPS:
                 grads = [0]
@@ -214,11 +223,11 @@ def print_sections(stream: TextIO, backend: Optional[str] = None, out_dir: Optio
     """Run and print the two extra tables (with a progress line before each), write them to ``out_dir`` and say so."""
     print("\nRestart where the ODE plateaus: running (2 grids x 4 methods x 2 seeds) ...", file=stream, flush=True)
     t0 = time.perf_counter()
-    restart_rows = restart_table(backend=backend)
+    restart_rows = restart_table(backend=backend, progress=stream)
     print(f"  done in {time.perf_counter() - t0:.1f} s; classifier guidance vs the exact guided ODE: running "
           f"({len(GUIDED_SCALES)} scales x 3 methods x {len(GUIDED_STEPS)} step counts) ...", file=stream, flush=True)
     t0 = time.perf_counter()
-    guided_rows = guided_table()  # float64 errors: the auto backend
+    guided_rows = guided_table(progress=stream)  # float64 errors: the auto backend
     print(f"  done in {time.perf_counter() - t0:.1f} s", file=stream, flush=True)
     text = format_sections(restart_rows, guided_rows)
     print("\n" + text, file=stream, flush=True)
