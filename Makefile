@@ -1,5 +1,6 @@
 # One command each: `make demo` (the main job) and `make test` (the suite). Both create .venv and install what
 # they need: torch pinned to the local CPU build, the package in editable mode, the test dependencies and the peers.
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,12 +12,19 @@ PYTEST_ARGS ?=
 .PHONY: demo test install clean check-cuda
 
 $(VENV)/.installed: pyproject.toml setup.py
+	@echo "make: creating $(VENV) and installing torch $(TORCH_VERSION), fastint and the test dependencies (a few minutes the first time)"
 	$(PYTHON) -m venv $(VENV)
+	@echo "make: [1/4] pip"
 	$(PIP) install -q --upgrade pip
+	@echo "make: [2/4] torch==$(TORCH_VERSION), setuptools, wheel, ninja"
 	$(PIP) install -q torch==$(TORCH_VERSION) setuptools wheel ninja
-	$(PIP) install -q --no-build-isolation -e '.[dev]'
-	# k-diffusion's metadata pulls torchvision (and a CUDA torch): install it bare, the tests load only sampling.py
+	@echo "make: [3/4] fastint (editable) with its dev extras; compiling the C++ kernel (about 2 minutes on 2 cores: the compiler's lines follow)"
+	set -o pipefail; $(PIP) install -v --no-build-isolation -e '.[dev]' 2>&1 | \
+	  { grep --line-buffered -E "^ *(fastint setup:|\[[0-9]+/[0-9]+\] c\+\+|Successfully installed)|error:" | cut -c1-160 || true; }
+	@test -n "$$(ls fastint/_C*.so 2>/dev/null)" -o "$$FASTINT_BUILD_EXT" = 0 || echo "make: warning: the C++ kernel was not built (see docs/build.md); the cpp backend will compile on first use"
+	@echo "make: [4/4] k-diffusion (bare: its metadata pulls torchvision and a CUDA torch; the tests load only sampling.py)"
 	$(PIP) install -q --no-deps k-diffusion==$(KDIFFUSION_VERSION)
+	@echo "make: $(VENV) ready"
 	touch $@
 
 install: $(VENV)/.installed
@@ -36,4 +44,4 @@ check-cuda:
 	"$(NVCC)" -std=c++17 -O3 -arch=sm_90 -Icsrc -c csrc/cuda/fused_step_check.cu -o "$$out/check.o"
 
 clean:
-	rm -rf $(VENV) build *.egg-info fastint/*.so fastint/_build_info.py
+	rm -rf $(VENV) build *.egg-info fastint/*.so fastint/_build_info.py fastint/_csrc

@@ -8,7 +8,7 @@ with ``--train-seconds > 0``, trained that long on scikit-learn's digits (cached
 that the samples are digits (``samples_<device>.png``); with 0 its weights are random (time only). Per solver
 (dpmpp_2m, dpmpp_2m_sde, euler): fastint, diffusers' scheduler loop for the same method and k-diffusion's sampler,
 each run ``--repeats`` times interleaved; the table gives total time, time inside the network's calls and the
-sampler overhead (total - model). See fastint.bench_suite.end_to_end.
+sampler overhead (total - model). See benchmarks.bench_suite.end_to_end.
 """
 
 import argparse
@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch  # noqa: E402
 
-from fastint import bench_suite as bs  # noqa: E402
+from benchmarks import bench_suite as bs  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -14,7 +14,7 @@ def pytest_addoption(parser):
 
 
 def pytest_generate_tests(metafunc):
-    from fastint.bench_suite import CPU_SIZES, LARGE_SIZE
+    from benchmarks.bench_suite import CPU_SIZES, LARGE_SIZE
     config = metafunc.config
     device = config.getoption("--bench-device") or ("cuda" if torch.cuda.is_available() else "cpu")
     if config.getoption("--bench-sizes"):

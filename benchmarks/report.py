@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from fastint.bench_suite import e2e_markdown, graph_markdown, micro_markdown, write_plot  # noqa: E402
+from benchmarks.bench_suite import e2e_markdown, graph_markdown, micro_markdown, write_plot  # noqa: E402
 
 
 def rows_from(data: dict) -> dict:

@@ -14,7 +14,7 @@ elements (launch overhead dominates there). Nothing is asserted on timings.
 import pytest
 import torch
 
-from fastint import bench_suite as bs
+from benchmarks import bench_suite as bs
 from fastint.ops import fused_step
 
 CANDIDATES = ["floor", "fastint:cpp", "fastint:eager", "fastint:cuda", "fastint:triton", "torch", "diffusers",

@@ -1,6 +1,6 @@
 // Counter-based Philox4x32-10 noise, shared by the CPU and CUDA kernels (host and device code).
 //
-// Bit-identical to Triton's tl.randint4x and to fastint/ops/philox.py (see docs/noise.md and SPECS.md):
+// Bit-identical to Triton's tl.randint4x and to fastint/ops/philox.py (see docs/noise.md):
 //   key = (seed lo32, seed hi32), counter = (e / 4, 4 * counter + k, 0, 0) for element e of a sample, stream k;
 //   U(w) = float(i) * 4.6566127342e-10f with i = int32(w), i <- ~i where i < 0;
 //   (n0, n1) = BoxMuller(U(w0), U(w1)), (n2, n3) = BoxMuller(U(w2), U(w3)); z[e] = n_{e % 4}.

@@ -1,5 +1,8 @@
 """The ``fastint`` command (also ``python -m fastint``): ``demo``, ``sample``, ``bench``, ``solvers``, ``backends``.
 
+``demo`` and ``bench`` are thin entry points: their code lives in the repository's ``examples/`` and ``benchmarks/``
+(not in the installed package) and is imported from the checkout only when they run (``fastint._checkout``).
+
 ``fastint sample`` also runs under ``torchrun`` (``torchrun --nproc_per_node=N -m fastint sample ...``): the seed
 list is sharded over the ranks and rank 0 writes the gathered result (``fastint.distributed``).
 
@@ -49,8 +52,14 @@ def _positive(minimum: int):
     return parse
 
 
+# The demo's and the quick benchmark's defaults (examples/demo.py, benchmarks/bench.py take them as arguments).
+DEMO_BUDGETS = (10, 20, 40)
+DEMO_BATCH = 20000
+BENCH_SIZES = (1 << 16, 1 << 20, 1 << 22)
+BENCH_THREADS = 1  # a second thread on the shared 2-core machine measures the neighbours' load, not the kernel
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from .demo import DEFAULT_BATCH, DEFAULT_BUDGETS
     parser = argparse.ArgumentParser(
         prog="fastint", description="fastint: fast integrators for diffusion models, every solver step one fused "
         "memory pass.", epilog="Run 'fastint <command> --help' for a command's options.")
@@ -63,11 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
         "samples with the sampling-noise floor, and write a table (results.md, results.json) and a plot "
         "(quality_vs_nfe.png) to the output directory.")
     demo.add_argument("--out", default="demo_out", help="output directory (default: %(default)s)")
-    demo.add_argument("--batch", type=_positive(2), default=DEFAULT_BATCH,
+    demo.add_argument("--batch", type=_positive(2), default=DEMO_BATCH,
                       help="samples per run (default: %(default)s)")
-    demo.add_argument("--budgets", type=_budgets, default=list(DEFAULT_BUDGETS),
+    demo.add_argument("--budgets", type=_budgets, default=list(DEMO_BUDGETS),
                       help="comma-separated NFE budgets; each solver takes the most steps that fit "
-                      "(default: %s)" % ",".join(map(str, DEFAULT_BUDGETS)))
+                      "(default: %s)" % ",".join(map(str, DEMO_BUDGETS)))
     demo.add_argument("--solvers", type=_names, default=None,
                       help="comma-separated solver names (default: all; see 'fastint solvers')")
     demo.add_argument("--backend", default=None,
@@ -81,9 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")
     demo.set_defaults(handler=_cmd_demo, command_parser=demo)
 
-    solvers = sub.add_parser("solvers", help="list the solvers: order, NFE per step, stochastic, options",
-                             description="List every solver of fastint.list_solvers() with its order, model "
-                             "evaluations per step, whether it is stochastic and its options with defaults.")
+    solvers = sub.add_parser("solvers", help="list the solvers (one line each); 'fastint solvers NAME' for details",
+                             description="List every solver of fastint.list_solvers(): order, model evaluations "
+                             "per step, whether it is stochastic and a summary, one line each (100 columns); with a "
+                             "NAME, everything about that solver: order, NFE, noise, options with defaults.")
+    solvers.add_argument("name", nargs="?", default=None, help="a solver name: show its details")
     solvers.set_defaults(handler=_cmd_solvers, command_parser=solvers)
 
     _add_sample_parser(sub)
@@ -200,26 +211,28 @@ def _add_sample_parser(sub) -> None:
 
 
 def _add_bench_parser(sub) -> None:
-    from .bench import DEFAULT_SIZES
     p = sub.add_parser(
         "bench", help="quick benchmark: the fused step op vs the same update in plain PyTorch",
         description="Quick benchmark on this machine: the DPM-Solver++(2M) SDE update x <- a x + b D + c D_old "
         "(+ s z) as one fused_step call (noise generated in the kernel) vs plain PyTorch operators (+ torch.randn), "
         "with and without noise, for a few sizes; prints a table (median ms, fused GB/s, speed-up). The quick "
         "version: the full benchmark suite is in benchmarks/.")
-    p.add_argument("--sizes", type=_budgets, default=list(DEFAULT_SIZES),
-                   help="comma-separated elements per tensor (default: %s)" % ",".join(map(str, DEFAULT_SIZES)))
+    p.add_argument("--sizes", type=_budgets, default=list(BENCH_SIZES),
+                   help="comma-separated elements per tensor (default: %s)" % ",".join(map(str, BENCH_SIZES)))
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
                    help="default: %(default)s")
     p.add_argument("--backend", default="auto", help="fused-op backend (default: %(default)s)")
     p.add_argument("--repeat", type=_positive(1), default=10, help="timed repeats per case (default: %(default)s)")
-    p.add_argument("--threads", type=_positive(1), default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=_positive(1), default=BENCH_THREADS,
+                   help="torch CPU threads (default: %(default)s: on a shared or busy machine more threads measure "
+                   "the other processes' load, not the kernel)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--suite", action="store_true",
-                   help="run the quick version of the whole benchmark suite instead (fastint.bench_suite: fused "
-                   "step per backend and step kind vs floor, PyTorch, diffusers, k-diffusion; a small UNet end to "
-                   "end; whole-loop CUDA graphs on GPU); uses --device and --threads")
+                   help="run the quick version of the whole benchmark suite instead (benchmarks/bench_suite.py: "
+                   "fused step per backend and step kind vs floor, PyTorch, diffusers, k-diffusion; a small UNet "
+                   "trained for a few seconds, end to end; whole-loop CUDA graphs on GPU); uses --device and "
+                   "--threads; takes about 6 minutes on 2 CPU cores (most of it the end-to-end part)")
     p.add_argument("--out", default=None, help="with --suite: directory for results_<device>.md, JSON and plots")
     p.set_defaults(handler=_cmd_bench, command_parser=p)
 
@@ -307,13 +320,25 @@ def _cmd_sample(args, parser) -> int:
     return 0
 
 
+def _from_checkout(name: str, command: str, parser):
+    from ._checkout import CheckoutMissing, import_from_checkout
+    try:
+        return import_from_checkout(name, command)
+    except CheckoutMissing as exc:
+        print(f"fastint {command}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 def _cmd_bench(args, parser) -> int:
-    from .bench import format_table, resolved_backend, run_bench
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     if args.suite:
-        from . import bench_suite
-        return bench_suite.main(["--device", args.device] + (["--out", args.out] if args.out else []))
+        suite = _from_checkout("benchmarks.bench_suite", "bench", parser)
+        print(f"fastint bench --suite: {args.threads} thread(s); the quick suite takes about 6 minutes on 2 CPU "
+              "cores (microbenchmarks ~1 min, the small UNet's training and end-to-end runs the rest)", flush=True)
+        return suite.main(["--device", args.device, "--threads", str(args.threads)]
+                          + (["--out", args.out] if args.out else []))
+    bench = _from_checkout("benchmarks.bench", "bench", parser)
+    format_table, resolved_backend, run_bench = bench.format_table, bench.resolved_backend, bench.run_bench
     dtype = DTYPES[args.dtype]
     try:
         name = resolved_backend(args.device, dtype, args.backend)
@@ -321,8 +346,8 @@ def _cmd_bench(args, parser) -> int:
         parser.error(f"backend {args.backend!r} cannot run on {args.device} {args.dtype}: {exc}")
     rows = run_bench(args.sizes, device=args.device, dtype=dtype, backend=args.backend, repeat=args.repeat,
                      progress=not args.no_progress and sys.stderr.isatty())
-    print(f"fastint bench (quick): {args.device}, {args.dtype}, {torch.get_num_threads()} threads, median of "
-          f"{args.repeat}")
+    print(f"fastint bench (quick): {args.device}, {args.dtype}, {torch.get_num_threads()} thread(s) (--threads), "
+          f"median of {args.repeat}")
     print(format_table(rows, name))
     return 0
 
@@ -335,20 +360,59 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+WIDTH = 100  # the terminal width `fastint solvers` fits
+
+
+def _stochastic(row: dict) -> str:
+    """'yes', 'when eta > 0' (eta defaults to 0), 'no', or 'churn only' (the EDM solvers: s_churn adds noise)."""
+    if row["stochastic"]:
+        eta = row["options"].get("eta")
+        return "when eta > 0" if eta == 0 else "yes"
+    return "churn only" if "s_churn" in row["options"] else "no"
+
+
+def _short(value) -> str:
+    """The leading number of an order or NFE entry ('2 (1 on the last step to 0)' -> '2*'); '*': details differ."""
+    text = str(value).strip()
+    head = text.split(" ", 1)[0].rstrip(";,")
+    return head if head == text else head + "*"
+
+
 def _cmd_solvers(args, parser) -> int:
     from .solvers import list_solvers
-    rows = []
-    for s in list_solvers():
-        options = ", ".join(f"{k}={v!r}" for k, v in s["options"].items()) or "-"
-        rows.append([s["name"], str(s["order"]), str(s["nfe_per_step"]), "yes" if s["stochastic"] else "no",
-                     options])
-    print(_table(["solver", "order", "NFE/step", "stochastic", "options (defaults)"], rows))
+    solvers = {s["name"]: s for s in list_solvers()}
+    if args.name is not None:
+        if args.name not in solvers:
+            parser.error(f"unknown solver {args.name!r}; available: {', '.join(solvers)}")
+        s = solvers[args.name]
+        options = "\n".join(f"  {k} = {v!r}" for k, v in s["options"].items()) or "  (none)"
+        print(f"{s['name']}: {s.get('summary', '')}\n"
+              f"order:            {s['order']}\n"
+              f"NFE per step:     {s['nfe_per_step']}\n"
+              f"stochastic:       {_stochastic(s)}\n"
+              f"options (defaults):\n{options}")
+        return 0
+    headers = ["solver", "order", "NFE/step", "stochastic", "summary"]
+    rows = [[s["name"], _short(s["order"]), _short(s["nfe_per_step"]), _stochastic(s), s.get("summary", "")]
+            for s in solvers.values()]
+    fixed = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers[:-1])]
+    room = WIDTH - sum(fixed) - 2 * len(fixed)
+    for r in rows:
+        r[-1] = r[-1] if len(r[-1]) <= room else r[-1][:room - 3].rstrip() + "..."
+    print(_table(headers, rows))
+    print("\n* more detail: 'fastint solvers NAME' (order, NFE, noise and options with defaults)")
     return 0
+
+
+def _demo_backend() -> str:
+    """The backend the demo uses by default: the compiled kernel, else eager (no JIT compile time)."""
+    from .ops import list_backends
+    available = {b["name"] for b in list_backends() if b["available"]}
+    return "cpp" if "cpp" in available else "eager"
 
 
 def _cmd_backends(args, parser) -> int:
     from .ops import list_backends
-    from .demo import default_backend
     rows = [[b["name"], "yes" if b["available"] else "no", "/".join(b["devices"]), ",".join(b["dtypes"]),
              b["description"] if b["available"] else f"unavailable: {b['reason']}"] for b in list_backends()]
     print(_table(["backend", "available", "devices", "dtypes", "description / reason"], rows))
@@ -356,15 +420,15 @@ def _cmd_backends(args, parser) -> int:
     print()
     for device, order in AUTO_ORDER.items():
         print(f"auto on {device} tensors: the first available of {', '.join(order)}")
-    print(f"the demo uses '{default_backend()}' (the fastest backend without JIT compile time)")
+    print(f"the demo uses '{_demo_backend()}' (the fastest backend without JIT compile time)")
     return 0
 
 
 def _cmd_demo(args, parser) -> int:
-    from .demo import available_entries, run_demo
     from .ops import list_backends
+    demo_main = _from_checkout("examples.demo_main", "demo", parser)
     if args.solvers is not None:
-        known = [e.name for e in available_entries()]
+        known = [e.name for e in demo_main.demo.available_entries()]
         unknown = [n for n in args.solvers if n not in known]
         if unknown:
             parser.error(f"unknown solver(s) {', '.join(unknown)}; available: {', '.join(known)}")
@@ -377,38 +441,14 @@ def _cmd_demo(args, parser) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        run_demo(out_dir=args.out, batch=args.batch, budgets=args.budgets, solvers=args.solvers,
-                 backend=args.backend, seed=args.seed, plot=not args.no_plot)
+        demo_main.run(out_dir=args.out, batch=args.batch, budgets=args.budgets, solvers=args.solvers,
+                      backend=args.backend, seed=args.seed, plot=not args.no_plot)
     finally:
         torch.set_num_threads(threads)
     return 0
 
 
-def retain_freed_memory() -> bool:
-    """Tell glibc's malloc to keep freed memory for reuse (``mallopt``: mmap threshold 256 MiB, or 32 MiB where a
-    glibc refuses that; trim threshold 1 GiB) for the rest of this process; returns whether it applied (Linux with
-    glibc only).
-
-    PyTorch's CPU allocator is plain malloc, and glibc serves every block above its (dynamic) mmap threshold with a
-    fresh ``mmap`` and hands it back with ``munmap``: each temporary of a few MB then costs page faults on first
-    touch. On the 2-core CI machine that was a third of the demo's time (58 s -> 39 s, system time 19.6 s -> 1.0 s;
-    a 32 MiB threshold alone: 47 s, the sliced-W2 projections are ~40 MB).
-    Done by the CLI only: it owns its process; a library must not change its host's allocator."""
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (e.g. musl)
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    mmap_set = bool(mallopt(m_mmap_threshold, 256 << 20)) or bool(mallopt(m_mmap_threshold, 32 << 20))
-    return mmap_set and bool(mallopt(m_trim_threshold, 1 << 30))
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    retain_freed_memory()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

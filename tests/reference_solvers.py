@@ -1,4 +1,4 @@
-"""Independent float64 implementations of every solver, written straight from SPECS.md.
+"""Independent float64 implementations of every solver, written straight from docs/solvers.md.
 
 Deliberately naive: plain tensor arithmetic in the formulas' own form (lambda = -log sigma, alpha = 1 in VE
 coordinates), no fastint code, no fusion. Noise comes from ``noise(sigma_a, sigma_b)`` (the k-diffusion

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from fastint import bench_suite as bs
+from benchmarks import bench_suite as bs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,7 +67,7 @@ def _run(args, **kw):
 def test_bench_command_and_report(tmp_path):
     pytest.importorskip("diffusers")
     out = tmp_path / "bench"
-    proc = _run(["-m", "fastint.bench_suite", "--device", "cpu", "--sizes", "4096", "--dtypes", "fp32",
+    proc = _run(["-m", "benchmarks.bench_suite", "--device", "cpu", "--sizes", "4096", "--dtypes", "fp32",
                  "--batch", "2", "--steps", "2", "--out", str(out)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "## Fused step vs floor and peers" in proc.stdout and "## End to end" in proc.stdout

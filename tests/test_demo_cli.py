@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import fastint
-from fastint import cli, demo
+from examples import demo, demo_main  # noqa: F401  (demo_main registers every entry)
+from fastint import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,6 +52,49 @@ def test_demo_writes_a_valid_png_and_tables(small_demo):
     assert "floor" in text and "floor" in md
     assert {r["name"] for r in data["rows"]} == {"euler", "heun"}
     assert set(result.files) == {"table", "json", "plot"}
+
+
+def test_demo_prints_progress_for_every_method_and_budget(small_demo):
+    result, text, out = small_demo
+    for k, name in enumerate(("euler", "heun"), 1):
+        for budget in (5, 10):
+            assert f"[ {k}/2] {name:<5}  NFE budget {budget:>3}:" in text, text
+    assert text.index("floor (exact samples") < text.index("[ 1/2] euler")  # progress before the table
+    assert text.index("[ 2/2] heun") < text.index("NFE budget  method")
+
+
+def test_demo_announces_every_file_it_writes(small_demo):
+    result, text, out = small_demo
+    written = sorted(os.path.join(str(out), name) for name in os.listdir(out))
+    assert written == sorted(result.files.values())
+    for path in written:
+        assert f"wrote {path}" in text
+
+
+def test_demo_skips_a_method_below_its_minimum_configuration_and_says_why():
+    """Restart's interval does not fit in 10 NFE: the demo skips it there (it used to run 1 plain Euler step under
+    the name 'restart') and says so in the progress, in the result and under the table."""
+    stream = io.StringIO()
+    result = demo.run_demo(out_dir=None, batch=64, budgets=(10, 20), solvers=["restart"], stream=stream)
+    assert [(r.budget, r.nfe > 10) for r in result.rows] == [(20, True)]
+    assert len(result.skipped) == 1 and result.skipped[0].startswith("restart at NFE budget 10: skipped")
+    assert "restart interval" in result.skipped[0]
+    assert "NFE budget  10: skipped (needs" in stream.getvalue()
+    assert "not run: restart at NFE budget 10" in result.table()
+
+
+def test_demo_table_explains_outliers():
+    row = demo.DemoRow("slow_method", "solvers", 10, 2, 3, 50.0, 1.0, 0.1)
+    result = demo.DemoResult([row], 1.0, 1.0, [0.9, 1.1], [0.9, 1.1], 64, [10], "eager", 0, 1,
+                             notes={"slow_method": "two steps of a method that needs ten"})
+    table = result.table()
+    assert "far above the floor (more than 20x): slow_method at 3 NFE (2 steps, 50x): two steps of a method" in table
+
+
+def test_plot_series_are_distinct_in_colour_and_marker():
+    colors, markers = demo.series_styles(24)
+    assert len(set(colors)) == 24 and len(set(markers)) == 24
+    assert len(demo.available_entries()) <= 24  # every demo series gets its own pair
 
 
 def test_demo_counts_nfe_and_fits_budgets(small_demo):
@@ -105,7 +149,7 @@ def test_every_listed_solver_is_a_demo_entry():
 
 
 def test_augmented_samplers_are_demo_entries():
-    from fastint.augmented.demo_entries import ENTRIES
+    from examples.demo_augmented import ENTRIES
     sections = {e.name: e.section for e in demo.available_entries()}
     assert all(sections.get(name) == "augmented" for name, _, _ in ENTRIES), sections
 
@@ -163,6 +207,51 @@ def test_cli_solvers_lists_every_solver():
     assert "NFE/step" in proc.stdout and "stochastic" in proc.stdout
 
 
+def test_cli_solvers_fits_100_columns_and_agrees_with_the_readme():
+    proc = _run_cli("solvers")
+    assert proc.returncode == 0, proc.stderr
+    assert max(len(line) for line in proc.stdout.splitlines()) <= 100, proc.stdout
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines()[2:] if line.strip() and line[0] != "*"}
+    assert "churn only" in rows["euler"] and "churn only" in rows["heun"]
+    assert "when eta > 0" in rows["ddim"] and " yes " in rows["dpmpp_2m_sde"]
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    assert "| `euler` | 1 | 1 | churn only |" in readme and "| `ddim` | 1 | 1 | when `eta > 0` |" in readme
+
+
+def test_cli_solvers_name_shows_the_details():
+    proc = _run_cli("solvers", "dpmpp_2m_sde")
+    assert proc.returncode == 0, proc.stderr
+    assert "solver_type = 'midpoint'" in proc.stdout and "eta = 1.0" in proc.stdout
+    bad = _run_cli("solvers", "nope")
+    assert bad.returncode == 2 and "unknown solver 'nope'" in bad.stderr
+
+
+def test_cli_bench_defaults_to_one_thread_and_prints_it(capsys):
+    before = torch.get_num_threads()
+    try:
+        assert cli.main(["bench", "--sizes", "1024", "--repeat", "1", "--no-progress"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert "1 thread(s) (--threads)" in capsys.readouterr().out
+
+
+def test_cli_demo_and_bench_need_a_checkout(monkeypatch, tmp_path, capsys):
+    from fastint import _checkout
+    monkeypatch.setattr(_checkout, "_candidates", lambda: iter([str(tmp_path)]))
+    for command in (["demo"], ["bench"]):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(command)
+        assert exc.value.code == 1
+        err = capsys.readouterr().err
+        assert "not part of the installed package" in err and "checkout" in err
+
+
+def test_cpp_backend_description_names_fastints_own_polynomials():
+    cpp = next(b for b in fastint.list_backends() if b["name"] == "cpp")
+    assert "SLEEF" not in cpp["description"] and "own" in cpp["description"]
+
+
 def test_cli_backends_lists_eager_and_compile():
     proc = _run_cli("backends")
     assert proc.returncode == 0, proc.stderr
@@ -206,15 +295,16 @@ def test_cli_help(command, capsys):
 
 def test_demo_sections_run_on_the_demo_backend():
     """The full demo's Restart-plateau and guided tables (float64 guided errors) on the demo's default backend."""
-    from fastint import demo_extras
+    from examples import demo_extras
     stream = io.StringIO()
     text = demo_extras.print_sections(stream, backend=demo.default_backend())
     assert "Restart where the ODE plateaus" in text and "plms needs 1." in text
-    assert stream.getvalue().strip() == text.strip()
+    printed = stream.getvalue()
+    assert text in printed and printed.count("running") == 2 and printed.count("done in") == 2  # progress lines
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
-def test_cli_keeps_freed_memory_for_reuse():
-    """The CLI sets glibc's mmap/trim thresholds (freed temporaries are reused instead of unmapped and faulted in
+def test_demo_keeps_freed_memory_for_reuse():
+    """The demo sets glibc's mmap/trim thresholds (freed temporaries are reused instead of unmapped and faulted in
     again): mallopt accepts the values on this machine."""
-    assert cli.retain_freed_memory() is True
+    assert demo_main.retain_freed_memory() is True

@@ -13,7 +13,7 @@ the mixture (``peers.DiscreteVPEpsModel``); fastint samples the same network con
 (``peers.VEDenoiserFromDiscreteEps``) on sigma~ = sqrt((1 - ab)/ab) at diffusers' timesteps, from x~ = x_T / alpha_T,
 and its result is compared in VE coordinates (x~ = x_vp / alpha). ``z`` of diffusers' step i is fastint's noise of
 step i: DPM-Solver++ SDE's VP noise term sigma_t sqrt(1 - e^{-2h}) z is sigma~_t sqrt(1 - e^{-2h}) z in VE, and
-DDIM's sig z is (sig / sqrt(ab_prev)) z = sigma_up z (SPECS.md).
+DDIM's sig z is (sig / sqrt(ab_prev)) z = sigma_up z (docs/solvers.md).
 Precision: ``DDIMScheduler`` computes in the sample's dtype with float32 alphas_cumprod; we hand it the same
 alphas_cumprod values as float64 (same method, no float32 coefficient rounding), so DDIM agrees to 1e-9.
 ``DPMSolverMultistepScheduler.step`` casts the sample and the noise to float32 on every step (hard-coded
@@ -34,7 +34,7 @@ Configurations where diffusers' method is NOT fastint's (k-diffusion's) method, 
 - ``DDIMScheduler`` with ``timestep_spacing="linspace"``: it steps to t - 1000 // n, which is not the next timestep
   of its own schedule (not a single sigma grid); "leading" and "trailing" are tested.
 Peer defect (documented and asserted): diffusers' ``sde-dpmsolver++`` 3rd-order update uses the D2 coefficient
-alpha_t ((1 - e^{-2h} - 2h)/(2h)^2 - 0.5), which tends to -1 as h -> 0; k-diffusion (and SPECS.md) use -phi_3 =
+alpha_t ((1 - e^{-2h} - 2h)/(2h)^2 - 0.5), which tends to -1 as h -> 0; k-diffusion (and docs/solvers.md) use -phi_3 =
 alpha_t ((1 - e^{-2h} - 2h)/(2h)^2 + 0.5) = O(h): the sign of the 0.5 is wrong, an O(1) weight on D2 (diffusers'
 deterministic 3rd-order update has the right sign). fastint follows k-diffusion; with diffusers' coefficient
 corrected by +alpha_t D2 the runs agree at float32 level.
@@ -326,7 +326,7 @@ def test_diffusers_dpmsolver_parity(case, shape_name):
 @pytest.mark.parametrize("shape_name", list(SHAPES))
 def test_diffusers_sde_dpmsolver_3rd_order_d2_coefficient_defect(shape_name):
     """diffusers' sde-dpmsolver++ 3rd-order update weights D2 by alpha_t ((1 - e^{-2h} - 2h)/(2h)^2 - 0.5) -> -1
-    as h -> 0, where k-diffusion's sample_dpmpp_3m_sde (and SPECS.md) have -phi_3 = ... + 0.5 = O(h). fastint follows
+    as h -> 0, where k-diffusion's sample_dpmpp_3m_sde (and docs/solvers.md) have -phi_3 = ... + 0.5 = O(h). fastint follows
     k-diffusion: it differs from unmodified diffusers by far more than float32 rounding, and agrees with diffusers
     once the coefficient is corrected (CorrectedSDE3Scheduler adds alpha_t D2)."""
     n = 20

@@ -1,4 +1,4 @@
-"""Every solver against its independent float64 reference (tests/reference_solvers.py, written from SPECS.md).
+"""Every solver against its independent float64 reference (tests/reference_solvers.py, written from docs/solvers.md).
 
 float64 state: 1e-10 relative; float32 state: 1e-5 relative to the float64 reference. Stochastic solvers run
 with injected noise (the same keyed noise sampler drives both), and also with fastint's in-kernel Philox noise,

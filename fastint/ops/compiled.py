@@ -44,9 +44,10 @@ def _probe() -> Optional[str]:
     if not hasattr(torch, "compile"):
         return "this torch has no torch.compile"
     from torch._inductor import cpp_builder  # noqa: F401  (inductor importable)
-    import shutil
-    if shutil.which("c++") is None and shutil.which("g++") is None and shutil.which("cc") is None:
-        return "torch.compile on the CPU needs a C++ compiler, none found"
+    from .._build import compiler_problem  # the compiler Inductor would use too ($CXX, else c++)
+    problem = compiler_problem()
+    if problem:
+        return f"torch.compile (Inductor) needs a C++ compiler: {problem}"
     return None
 
 

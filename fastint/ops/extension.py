@@ -1,8 +1,11 @@
 """The compiled extension ``fastint._C``: guarded loading and the ``cpp`` (CPU) and ``cuda`` backends.
 
 Loading is lazy (the first probe, i.e. the first ``list_backends()`` or auto dispatch) and can never break
-``import fastint``: a missing build, a build made for another torch version, or a library that fails to load each
-make the backends unavailable with that reason. Loading never initialises CUDA.
+``import fastint``: a build made for another torch version, or a library that fails to load each make the backends
+unavailable with that reason. Without an ahead-of-time build (pip's build isolation hides torch from setup.py) the
+first probe compiles the extension just in time (``jit_build``: one line saying so, cached per torch version and
+machine); without a compiler one warning says what is missing and that the pure-Python backends are in use.
+Loading never initialises CUDA.
 
 The op ``torch.ops.fastint.fused_step(outs, inputs, coeffs, seeds, counter, num_noise)`` is defined in C++
 (``csrc/ops.cpp``); its fake (meta) implementation is registered here, so ``torch.compile`` sees one opaque op.
@@ -14,9 +17,10 @@ call) that the sampling loop uses for calls of a kind already validated (``Backe
 import importlib
 import importlib.util
 import os
+import sys
 import threading
 import warnings
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -57,29 +61,59 @@ def _register_fakes() -> None:
             raise
 
 
+def _build_info():
+    """``fastint/_build_info.py`` (written by every build), or None when the package was not built by setup.py."""
+    try:
+        from fastint import _build_info
+    except ImportError:
+        return None
+    return _build_info
+
+
+def _just_in_time(info) -> Tuple[Optional[object], Optional[str]]:
+    """No ahead-of-time build: compile on first use (``jit_build``) unless disabled; (module, None) or (None, why)."""
+    from .. import _build
+    if _build.disabled_by_env():
+        return None, "FASTINT_BUILD_EXT=0 is set: no compiled kernels, no just-in-time build"
+    mode = getattr(info, "MODE", None)
+    if mode == "disabled" and not _build.enabled_by_env():
+        return None, ("installed with FASTINT_BUILD_EXT=0 (pure Python by request); set FASTINT_BUILD_EXT=1 to "
+                      "compile on first use, or reinstall without it")
+    from . import jit_build
+    module, problem = jit_build.build_and_load()
+    if module is not None:
+        return module, None
+    why_not_installed = getattr(info, "REASON", None) or "nothing was compiled at install time"
+    reason = f"no compiled kernels: {why_not_installed}; on first use: {problem}"
+    _warn_once("jit", f"fastint: {reason}. Using the pure-Python backends (eager; compile where a C++ compiler "
+                      "works); see docs/build.md.")
+    return None, reason
+
+
 def _load() -> Optional[str]:
-    """Import fastint._C once; None on success, else the reason it is unusable."""
+    """Import fastint._C once (built ahead of time, or just in time on first use); None on success, else the
+    reason it is unusable."""
     if os.environ.get("FASTINT_DISABLE_EXT", "").strip().lower() in ("1", "true", "yes", "on"):
         return "disabled by FASTINT_DISABLE_EXT"
+    info = _build_info()
     if importlib.util.find_spec("fastint._C") is None:
-        return ("the compiled extension fastint._C is not built (FASTINT_BUILD_EXT=0, no compiler, or the build "
-                "failed; see docs/build.md)")
-    try:
-        from fastint import _build_info  # written by setup.py next to the built module
-        built_for = _build_info.TORCH_VERSION
-    except ImportError:
-        built_for = None
-    if built_for is not None and built_for != torch.__version__:
-        reason = (f"fastint._C was built against torch {built_for} but torch {torch.__version__} is running; "
-                  "rebuild with `pip install --no-build-isolation -e .`")
-        _warn_once("mismatch", f"fastint: {reason}. Falling back to the pure-PyTorch backends.")
-        return reason
-    try:
-        module = importlib.import_module("fastint._C")
-    except (ImportError, OSError) as exc:
-        reason = f"fastint._C failed to load: {exc}"
-        _warn_once("load", f"fastint: {reason}. Falling back to the pure-PyTorch backends.")
-        return reason
+        module, reason = _just_in_time(info)
+        if module is None:
+            return reason
+        sys.modules["fastint._C"] = module
+    else:
+        built_for = getattr(info, "TORCH_VERSION", None)
+        if built_for is not None and built_for != torch.__version__:
+            reason = (f"fastint._C was built against torch {built_for} but torch {torch.__version__} is running; "
+                      "rebuild with `pip install --no-build-isolation -e .`")
+            _warn_once("mismatch", f"fastint: {reason}. Falling back to the pure-PyTorch backends.")
+            return reason
+        try:
+            module = importlib.import_module("fastint._C")
+        except (ImportError, OSError) as exc:
+            reason = f"fastint._C failed to load: {exc}"
+            _warn_once("load", f"fastint: {reason}. Falling back to the pure-PyTorch backends.")
+            return reason
     compiled_for = getattr(module, "TORCH_VERSION", None)
     if compiled_for != torch.__version__:
         reason = f"fastint._C was compiled against torch {compiled_for}, running torch {torch.__version__}"
@@ -157,7 +191,7 @@ def _raw():
 
 
 registry.register(registry.Backend(
-    name="cpp", description="compiled C++ CPU kernel (at::parallel_for, SIMD Philox + SLEEF Box-Muller)",
+    name="cpp", description="compiled C++ CPU kernel (at::parallel_for, AVX2 Philox + Box-Muller with fastint's own log/sincos polynomials)",
     devices=("cpu",), dtypes=KERNEL_DTYPES, probe=_probe_cpp, run=_run, raw=_raw, raw_checks=True))
 registry.register(registry.Backend(
     name="cuda", description="compiled CUDA kernel (vectorised loads, grid-stride, in-kernel Philox)",

@@ -66,7 +66,7 @@ def default_device() -> str:
 
 
 def available_backends(device: str) -> List[str]:
-    from .ops import list_backends
+    from fastint.ops import list_backends
     usable = [b["name"] for b in list_backends() if b["available"] and device in b["devices"]]
     order = ("cuda", "triton", "cpp", "compile", "eager")
     return [name for name in order if name in usable]
@@ -255,7 +255,7 @@ def microbench(sizes: Sequence[int] = QUICK_SIZES, dtypes: Sequence[str] = ("fp3
     """Rows ``{kind, elements, dtype, candidate, group, seconds, bytes, device}``; ``group`` is ``floor``,
     ``fastint`` or ``peer``. ``bytes`` are the bytes one step moves (each input read once, the output written
     once): the floor is a copy of exactly that many bytes, measured in the same round-robin."""
-    from .ops import fused_step
+    from fastint.ops import fused_step
     device = device or default_device()
     backends = list(backends) if backends is not None else [b for b in available_backends(device)
                                                               if b != "compile"]
@@ -552,8 +552,8 @@ def _loops(timed: TimedModel, x_vp: torch.Tensor, steps: int, backend: str, kd) 
     (``scale_model_input``, network, ``step``)."""
     import diffusers
     import fastint
-    from .models import DiscreteVPDenoiser
-    from .schedules import alphas_cumprod_from_betas, vp_discrete
+    from fastint.models import DiscreteVPDenoiser
+    from fastint.schedules import alphas_cumprod_from_betas, vp_discrete
 
     betas = train_betas()
     ab = alphas_cumprod_from_betas(betas)
@@ -726,9 +726,9 @@ def cuda_graph_bench(batch: int = 16, steps: int = 20, sample_size: int = 8, sol
     if not torch.cuda.is_available():
         return []
     import fastint
-    from .cuda_graph import capture_sampler
-    from .models import DiscreteVPDenoiser
-    from .schedules import alphas_cumprod_from_betas, vp_discrete
+    from fastint.cuda_graph import capture_sampler
+    from fastint.models import DiscreteVPDenoiser
+    from fastint.schedules import alphas_cumprod_from_betas, vp_discrete
     ab = alphas_cumprod_from_betas(train_betas())
     unet = (unet if unet is not None else build_unet(sample_size)).to("cuda").eval()
     denoiser = DiscreteVPDenoiser(unet, ab, prediction_type="epsilon")
@@ -783,7 +783,7 @@ def _command_line() -> str:
     if argv[1:2] == ["bench"]:
         return " ".join(["python -m fastint"] + argv[1:])
     if argv[0].endswith("bench_suite.py"):
-        return " ".join(["python -m fastint.bench_suite"] + argv[1:])
+        return " ".join(["python -m benchmarks.bench_suite"] + argv[1:])
     return " ".join(argv)
 
 

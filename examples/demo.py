@@ -1,4 +1,5 @@
-"""The demo (``python -m fastint demo``): sample quality versus model evaluations for every solver.
+"""The demo's main table: sample quality versus model evaluations for every solver (``fastint demo`` runs it
+through ``examples/demo_main.py``).
 
 It samples the embedded analytic target ``fastint.models.default_mixture()`` (a 2-D, 8-component Gaussian mixture
 with its exact denoiser) with each method at several NFE budgets, on Karras sigmas, from the same N(0, sigma_max^2)
@@ -13,7 +14,7 @@ and ``quality_vs_nfe.png`` (distance vs NFE, log scale, one line per method, the
 
 Extending it: every row comes from a ``DemoEntry`` (a name, the NFE a number of steps costs, and a runner).
 ``solver_entries()`` makes one per ``fastint.list_solvers()`` row; other methods (Restart, guided splitting,
-augmented-space CLD/PSLD samplers) call ``register_entry(DemoEntry(...))`` at import, with their own ``section``, and
+augmented-space CLD/PSLD samplers) are added with ``register_entry(DemoEntry(...))`` (``demo_main`` does it), with their own ``section``, and
 appear in the table, the plot and ``--solvers``. The NFE printed is always counted (a counting model wrapper), never
 taken from the plan.
 """
@@ -28,12 +29,12 @@ from typing import Callable, Dict, List, Optional, Sequence, TextIO
 
 import torch
 
-from . import schedules
-from .metrics import frechet_distance, random_directions, sliced_wasserstein
-from .models.gaussian_mixture import GaussianMixture, default_mixture
-from .ops import list_backends
-from .sampling import sample
-from .solvers import list_solvers
+from fastint import schedules
+from fastint.metrics import frechet_distance, random_directions, sliced_wasserstein
+from fastint.models.gaussian_mixture import GaussianMixture, default_mixture
+from fastint.ops import list_backends
+from fastint.sampling import sample
+from fastint.solvers import list_solvers
 
 DEFAULT_BUDGETS = (10, 20, 40)
 DEFAULT_BATCH = 20000
@@ -81,13 +82,20 @@ Runner = Callable[[DemoSetup, Callable, torch.Tensor, int], torch.Tensor]
 
 @dataclass
 class DemoEntry:
-    """One method of the demo: ``nfe(steps)`` is the planned cost of ``steps`` steps (used to fit the budget)."""
+    """One method of the demo: ``nfe(steps)`` is the planned cost of ``steps`` steps (used to fit the budget).
+
+    ``min_steps`` is the fewest steps that still run the method (``min_steps_reason`` says why): a budget that cannot
+    pay for them skips the method with that reason instead of running something else under its name. ``note`` is
+    printed under the table when a row of this method lies far above the floor."""
 
     name: str
     nfe: Callable[[int], int]
     run: Runner
     section: str = "solvers"
     description: str = ""
+    min_steps: int = 2
+    min_steps_reason: str = "one step is a single denoising call, none of the method's own updates"
+    note: str = ""
 
     def steps_for_budget(self, budget: int, max_steps: int = 10_000) -> int:
         """The most steps whose planned NFE fits in ``budget`` (at least 1)."""
@@ -170,6 +178,8 @@ class DemoResult:
     threads: int
     wall_seconds: float = 0.0
     files: Dict[str, str] = field(default_factory=dict)
+    skipped: List[str] = field(default_factory=list)  # "name at NFE budget b: skipped, ..." lines
+    notes: Dict[str, str] = field(default_factory=dict)  # the entries' notes on their outliers
 
     def table(self, markdown: bool = False) -> str:
         return format_table(self, markdown=markdown)
@@ -227,21 +237,35 @@ def run_demo(out_dir: Optional[str] = "demo_out", batch: int = DEFAULT_BATCH,
         return (sliced_wasserstein(samples, reference, projections=directions),
                 frechet_distance(samples, reference))
 
+    print(f"fastint demo: {target.components}-component Gaussian mixture in {target.dim}-D, batch {batch}, Karras "
+          f"sigmas ({SIGMA_MIN} .. {SIGMA_MAX:g}, rho {RHO:g}), float32, backend '{backend}', "
+          f"{torch.get_num_threads()} thread(s); {len(entries)} method(s) x {len(budgets)} NFE budget(s)",
+          file=stream, flush=True)
     floor = [distances(target.sample(batch, generator=torch.Generator().manual_seed(seed + 100 + k)))
              for k in range(FLOOR_DRAWS)]
     floor_sw, floor_fd = ([f[i] for f in floor] for i in (0, 1))
-    print(f"fastint demo: {target.components}-component Gaussian mixture in {target.dim}-D, batch {batch}, Karras "
-          f"sigmas ({SIGMA_MIN} .. {SIGMA_MAX:g}, rho {RHO:g}), float32, backend '{backend}', "
-          f"{torch.get_num_threads()} thread(s)", file=stream, flush=True)
+    floor_mean = sum(floor_sw) / FLOOR_DRAWS
+    print(f"floor (exact samples, {FLOOR_DRAWS} sets): sliced W2 {floor_mean:.4f}", file=stream, flush=True)
 
     rows: List[DemoRow] = []
-    for entry in entries:
-        # warm-up (first-call costs of the op and the model are not the method's): 2 steps on a few samples
-        entry.run(setup, CountingModel(target), x_init[:8], 2)
+    skipped: List[str] = []
+    width = max(len(e.name) for e in entries)
+    for k, entry in enumerate(entries, 1):
+        # warm-up (first-call costs of the op and the model are not the method's): min_steps on a few samples
+        entry.run(setup, CountingModel(target), x_init[:8], max(2, entry.min_steps))
         done = set()
         for budget in budgets:
+            head = f"[{k:>2}/{len(entries)}] {entry.name:<{width}}  NFE budget {budget:>3}:"
             steps = entry.steps_for_budget(budget)
+            if steps < entry.min_steps or entry.nfe(steps) > budget:
+                why = (f"{entry.name} at NFE budget {budget}: skipped, it needs at least {entry.min_steps} steps = "
+                       f"{entry.nfe(entry.min_steps)} NFE ({entry.min_steps_reason})")
+                skipped.append(why)
+                print(f"{head} skipped (needs {entry.nfe(entry.min_steps)} NFE: {entry.min_steps_reason})",
+                      file=stream, flush=True)
+                continue
             if steps in done:  # a budget change too small for another step of this method
+                print(f"{head} same steps as the smaller budget, not run again", file=stream, flush=True)
                 continue
             done.add(steps)
             model = CountingModel(target)
@@ -250,10 +274,13 @@ def run_demo(out_dir: Optional[str] = "demo_out", batch: int = DEFAULT_BATCH,
             seconds = time.perf_counter() - t0
             sw, fd = distances(out.reshape(batch, -1))
             rows.append(DemoRow(entry.name, entry.section, budget, steps, model.calls, sw, fd, seconds))
+            print(f"{head} {steps:>3} steps, {model.calls:>3} NFE, sliced W2 {sw:.4f} ({sw / floor_mean:.1f}x the "
+                  f"floor), {seconds:.2f} s", file=stream, flush=True)
 
-    result = DemoResult(rows, sum(floor_sw) / FLOOR_DRAWS, sum(floor_fd) / FLOOR_DRAWS,
+    result = DemoResult(rows, floor_mean, sum(floor_fd) / FLOOR_DRAWS,
                         [min(floor_sw), max(floor_sw)], [min(floor_fd), max(floor_fd)], batch, budgets, backend,
-                        seed, torch.get_num_threads())
+                        seed, torch.get_num_threads(), skipped=skipped,
+                        notes={e.name: e.note for e in entries if e.note})
     print(file=stream)
     print(format_table(result), file=stream, flush=True)
     if out_dir is not None:
@@ -269,11 +296,10 @@ def run_demo(out_dir: Optional[str] = "demo_out", batch: int = DEFAULT_BATCH,
                 result.files["plot"] = path
             else:
                 print(f"plot skipped: {reason}", file=stream)
-        print(f"\nwrote {', '.join(result.files.values())}", file=stream)
-    if solvers is None:  # the full demo: also the Restart-plateau and guided-splitting tables (fastint.demo_extras)
-        _extras.print_sections(stream, backend=backend, out_dir=out_dir)
+        print(file=stream)
+        for path in result.files.values():
+            print(f"wrote {path}", file=stream, flush=True)
     result.wall_seconds = time.perf_counter() - start
-    print(f"demo wall time {result.wall_seconds:.1f} s", file=stream, flush=True)
     return result
 
 
@@ -320,6 +346,12 @@ def format_table(result: DemoResult, markdown: bool = False) -> str:
     if same:
         notes.append("identical results (the same method at these settings): "
                      + ", ".join(f"{name} = {other}" for name, other in same.items()) + ".")
+    outliers = outlier_rows(result)
+    if outliers:
+        notes.append(f"far above the floor (more than {OUTLIER_RATIO:g}x): " + "; ".join(
+            _explain_outlier(result, r) for r in outliers) + ".")
+    if result.skipped:
+        notes.append("not run: " + "; ".join(result.skipped) + ".")
     if markdown:
         lines = ["# fastint demo: sample quality vs NFE", "",
                  f"Target: `default_mixture()` (8-component 2-D Gaussian mixture), batch {result.batch}, Karras sigmas "
@@ -346,6 +378,26 @@ def format_table(result: DemoResult, markdown: bool = False) -> str:
     return "\n".join(out)
 
 
+OUTLIER_RATIO = 20.0  # rows whose sliced W2 exceeds this multiple of the floor are explained under the table
+
+
+def outlier_rows(result: DemoResult) -> List[DemoRow]:
+    return [r for r in result.rows if r.sliced_wasserstein > OUTLIER_RATIO * result.floor_sliced_wasserstein]
+
+
+def _explain_outlier(result: DemoResult, row: DemoRow) -> str:
+    """'name at N NFE (k steps, Rx; rx at a larger budget): the entry's note': too few steps for this method, as
+    its own larger budgets show, and why where the entry knows."""
+    floor = result.floor_sliced_wasserstein
+    text = f"{row.name} at {row.nfe} NFE ({row.steps} steps, {row.sliced_wasserstein / floor:.0f}x"
+    larger = [r for r in result.rows if r.name == row.name and r.nfe > row.nfe]
+    if larger:
+        best = min(larger, key=lambda r: r.sliced_wasserstein)
+        text += f"; {best.sliced_wasserstein / floor:.1f}x at {best.nfe} NFE: too few steps at this budget"
+    text += ")"
+    return text + (f": {result.notes[row.name]}" if row.name in result.notes else "")
+
+
 def identical_methods(result: DemoResult) -> Dict[str, str]:
     """{name: earlier name} for methods whose every row equals an earlier method's (e.g. ddim with eta = 0 is
     euler): their lines coincide in the plot, so the legend says so."""
@@ -362,6 +414,19 @@ def identical_methods(result: DemoResult) -> Dict[str, str]:
     return same
 
 
+# 24 distinguishable colours (no hue twice at one lightness) and 24 distinct markers: no two series share either
+_PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+            "#17becf", "#000000", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2",
+            "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd"]
+_MARKERS = ["o", "s", "D", "^", "v", "<", ">", "p", "P", "X", "h", "*", "d", "H", "8", "1", "2", "3", "4", "+",
+            "x", "|", "_", "."]
+
+
+def series_styles(n: int):
+    """(colours, markers) for ``n`` series, each used once; beyond 24 series the pairs repeat."""
+    return [_PALETTE[i % len(_PALETTE)] for i in range(n)], [_MARKERS[i % len(_MARKERS)] for i in range(n)]
+
+
 def plot_quality(result: DemoResult, path: str) -> Optional[str]:
     """Write the sliced-W2 (and Frechet) vs NFE plot; returns None, or why no plot was written."""
     try:
@@ -372,14 +437,13 @@ def plot_quality(result: DemoResult, path: str) -> Optional[str]:
         return "matplotlib is not installed (pip install matplotlib)"
     names = list(dict.fromkeys(r.name for r in result.rows))
     same = identical_methods(result)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
-    cmap = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 6))
+    colors, markers = series_styles(len(names))
     styles = ["-", "--", "-.", ":"]
-    markers = "osD^v<>pPXh*"
     for i, name in enumerate(names):
         rows = sorted((r for r in result.rows if r.name == name), key=lambda r: r.nfe)
-        style = dict(color=cmap(i % 10), linestyle=styles[(i // 10) % len(styles)],
-                     marker=markers[i % len(markers)], markersize=5, linewidth=1.6,
+        style = dict(color=colors[i], linestyle=styles[i % len(styles)], marker=markers[i], markersize=6,
+                     linewidth=1.4, markerfacecolor="none" if i % 2 else colors[i],
                      label=f"{name} (= {same[name]})" if name in same else name)
         nfe = [r.nfe for r in rows]
         axes[0].plot(nfe, [r.sliced_wasserstein for r in rows], **style)
@@ -395,6 +459,8 @@ def plot_quality(result: DemoResult, path: str) -> Optional[str]:
         ax.set_yscale("log")
         ax.set_xscale("log", base=2)
         ticks = result.budgets
+        nfes = [r.nfe for r in result.rows] or ticks
+        ax.set_xlim(min(min(nfes), min(ticks)) / 1.15, max(max(nfes), max(ticks)) * 1.15)
         ax.set_xticks(ticks)
         ax.set_xticklabels([str(t) for t in ticks])
         ax.minorticks_off()
@@ -410,9 +476,3 @@ def plot_quality(result: DemoResult, path: str) -> Optional[str]:
     fig.savefig(path, dpi=110, bbox_inches="tight", bbox_extra_artists=[legend, fig._suptitle])
     plt.close(fig)
     return None
-
-
-from . import demo_extras as _extras  # noqa: E402,F401  (registers Restart and the guided entries)
-from .augmented import demo_entries as _augmented  # noqa: E402
-
-_augmented.register()

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .ops import fused_step
+from fastint.ops import fused_step
 
 DEFAULT_SIZES = (1 << 16, 1 << 20, 1 << 22)
 
@@ -44,8 +44,8 @@ def _time(fn, device: torch.device, repeat: int, warmup: int = 2) -> float:
 
 def resolved_backend(device: str = "cpu", dtype: torch.dtype = torch.float32, backend: str = "auto") -> str:
     """The name of the backend that ``backend`` resolves to for a 3-input noisy step on ``device``."""
-    from .ops import registry
-    from .ops.contract import validate
+    from fastint.ops import registry
+    from fastint.ops.contract import validate
     x = torch.zeros(1, 4, device=device, dtype=dtype)
     call = validate([x, x.clone(), x.clone()], [[1.0, 0.0, 0.0, 1.0]], None,
                     torch.zeros(1, dtype=torch.int64, device=device), 0, 1)

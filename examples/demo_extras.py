@@ -1,4 +1,4 @@
-"""The demo's Restart and guided-splitting parts (registered into ``fastint.demo`` at import).
+"""The demo's Restart and guided-splitting parts (``register()`` adds their rows to ``demo``).
 
 1. Main table entries: ``restart`` (Heun main pass + one restart interval ``[3, 2, 1.0, 3.0]`` when it fits the grid)
    and ``lie_trotter`` / ``strang`` as class-conditional samplers with labels drawn from the class prior
@@ -18,12 +18,12 @@ from typing import Dict, List, Optional, TextIO
 import torch
 
 from . import demo as _demo
-from . import schedules
-from .metrics import frechet_distance, random_directions, sliced_wasserstein
-from .models.gaussian_mixture import default_mixture
-from .sampling import sample
-from .solvers.guidance import mixture_class_guidance
-from .solvers.restart import parse_restart_info, plan_restart, restart_nfe
+from fastint import schedules
+from fastint.metrics import frechet_distance, random_directions, sliced_wasserstein
+from fastint.models.gaussian_mixture import default_mixture
+from fastint.sampling import sample
+from fastint.solvers.guidance import mixture_class_guidance
+from fastint.solvers.restart import parse_restart_info, plan_restart, restart_nfe
 
 DEMO_INTERVAL = {"0": [3, 2, 1.0, 3.0]}
 PLATEAU_SIGMA_MAX = 3.0
@@ -45,10 +45,19 @@ def _restart_nfe(steps: int) -> int:
     return restart_nfe(sigmas.tolist(), plan or {})
 
 
+def _restart_min_steps() -> int:
+    """The fewest main steps whose grid holds the demo's restart interval (fewer would be plain Heun)."""
+    steps = 2
+    while _restart_plan(schedules.karras(steps, _demo.SIGMA_MIN, _demo.SIGMA_MAX, _demo.RHO), DEMO_INTERVAL) is None:
+        steps += 1
+    return steps
+
+
 def _restart_run(setup, model, x, steps):
     sigmas = setup.sigmas(steps)
-    info = DEMO_INTERVAL if _restart_plan(sigmas, DEMO_INTERVAL) is not None else None
-    return sample(model, x, sigmas, "restart", restart_info=info, seed=setup.seed, backend=setup.backend)
+    if _restart_plan(sigmas, DEMO_INTERVAL) is None:
+        raise ValueError(f"restart: {steps} main steps cannot hold the interval {DEMO_INTERVAL['0']}")
+    return sample(model, x, sigmas, "restart", restart_info=DEMO_INTERVAL, seed=setup.seed, backend=setup.backend)
 
 
 def _prior_labels(target, batch: int, seed: int) -> torch.Tensor:
@@ -63,16 +72,22 @@ def _guided_runner(name: str):
     return run
 
 
-_demo.register_entry(_demo.DemoEntry("restart", _restart_nfe, _restart_run, section="restart",
-                                     description="Restart: Heun + interval [3, 2, 1.0, 3.0] (K=2 jumps 1 -> 3)"))
-for _name in ("lie_trotter", "strang"):
-    _demo.register_entry(_demo.DemoEntry(_name, lambda steps: steps, _guided_runner(_name), section="guided",
-                                         description="class-conditional, labels ~ p(y), guidance scale 1"))
+def register() -> None:
+    """Add the Restart and guided-splitting rows to the demo (``demo.register_entry``)."""
+    _demo.register_entry(_demo.DemoEntry(
+        "restart", _restart_nfe, _restart_run, section="restart",
+        description="Restart: Heun + interval [3, 2, 1.0, 3.0] (K=2 jumps 1 -> 3)", min_steps=_restart_min_steps(),
+        min_steps_reason="the main grid must hold the restart interval [3, 2, 1.0, 3.0]: 2 jumps cost 8 NFE"))
+    for name in ("lie_trotter", "strang"):
+        _demo.register_entry(_demo.DemoEntry(name, lambda steps: steps, _guided_runner(name), section="guided",
+                                             description="class-conditional, labels ~ p(y), guidance scale 1"))
 
 
 # ------------------------------------------------------------------------------------------------ Restart table
-def restart_table(batch: int = 10000, seeds=(0, 1), backend: Optional[str] = None) -> List[Dict]:
-    """Restart vs Heun vs dpmpp_2m_sde at equal NFE on the prior-mismatch task (sigma_max = 3)."""
+def restart_table(batch: int = 10000, seeds=(0, 1), backend: Optional[str] = None,
+                  progress: Optional[TextIO] = None) -> List[Dict]:
+    """Restart vs Heun vs dpmpp_2m_sde at equal NFE on the prior-mismatch task (sigma_max = 3); a line per run
+    to ``progress`` when given."""
     target = default_mixture()
     ref = target.sample(batch, generator=torch.Generator().manual_seed(1))
     dirs = random_directions(256, target.dim, torch.Generator().manual_seed(2))
@@ -103,6 +118,9 @@ def restart_table(batch: int = 10000, seeds=(0, 1), backend: Optional[str] = Non
             rows.append({"budget": nfe, "method": name, "nfe": 119 if "60 steps" in name else nfe,
                          "sliced_w2": sum(sw) / len(sw), "sliced_w2_range": [min(sw), max(sw)],
                          "frechet": sum(fd) / len(fd), "seconds": secs / len(seeds)})
+            if progress is not None:
+                print(f"  restart table: {main_steps} main steps, {name}: sliced W2 {rows[-1]['sliced_w2']:.4f}",
+                      file=progress, flush=True)
     return rows
 
 
@@ -122,7 +140,8 @@ def _exact_guided_endpoint(target, x0, guidance, w, s_max, s_min):
     return torch.from_numpy(sol.y[:, -1]).reshape(x0.shape)
 
 
-def guided_table(batch: int = 256, seed: int = 0, backend: Optional[str] = None) -> List[Dict]:
+def guided_table(batch: int = 256, seed: int = 0, backend: Optional[str] = None,
+                 progress: Optional[TextIO] = None) -> List[Dict]:
     """Mean |x - x_exact| of plms, lie_trotter and strang (PLMS4) against the exact guided ODE endpoint (grid: Karras
     80 .. 0.002, the steps end at 0.002), per guidance scale and number of steps, with gradient counts and time."""
     target = default_mixture()
@@ -133,6 +152,9 @@ def guided_table(batch: int = 256, seed: int = 0, backend: Optional[str] = None)
     rows = []
     for w in GUIDED_SCALES:
         exact = _exact_guided_endpoint(target, x0, mixture_class_guidance(target, labels), w, s_max, s_min)
+        if progress is not None:
+            print(f"  guided table: w = {w:g}, exact solution done; the three methods at {len(GUIDED_STEPS)} step "
+                  "counts ...", file=progress, flush=True)
         for name in ("plms", "lie_trotter", "strang"):
             for steps in GUIDED_STEPS:
                 grads = [0]
@@ -181,20 +203,38 @@ def format_sections(restart_rows: List[Dict], guided_rows: List[Dict]) -> str:
                 r = next(r for r in guided_rows if r["w"] == w and r["method"] == m and r["steps"] == steps)
                 cells.append(f"{r['error']:>16.3e} {r['seconds']:>6.3f}")
             out.append(f"{w:>4g}  {steps:>5}  " + "  ".join(cells))
-        for n in GUIDED_STEPS[:3]:
-            ratio = steps_ratio(guided_rows, w, n)
-            out.append(f"      w={w:g}: plms needs {'%.2f x' % ratio if ratio else 'no more than'} the steps of strang "
-                       f"at {n} steps for the same error")
+        counts = GUIDED_STEPS[:3]
+        ratios = [steps_ratio(guided_rows, w, n) for n in counts]
+        at = ", ".join(map(str, counts))
+        if all(r is None for r in ratios):
+            out.append(f"      w={w:g}: plms reaches strang's error with no more steps than strang (at {at} steps)")
+        else:
+            out.append(f"      w={w:g}: plms needs " + ", ".join("%.2fx" % r if r else "<= 1x" for r in ratios)
+                       + f" the steps of strang at {at} steps for the same error")
     out.append("gradients per step: plms 1, lie_trotter 1, strang 2 (1 on a last step to 0); one model call per "
                "step each.")
     return "\n".join(out)
 
 
+SECTIONS_NAME = "restart_and_splitting.md"
+
+
 def print_sections(stream: TextIO, backend: Optional[str] = None, out_dir: Optional[str] = None) -> str:
-    text = format_sections(restart_table(backend=backend), guided_table())  # float64 errors: the auto backend
+    """Run and print the two extra tables (with a progress line before each), write them to ``out_dir`` and say so."""
+    print("\nRestart where the ODE plateaus: running (2 grids x 4 methods x 2 seeds) ...", file=stream, flush=True)
+    t0 = time.perf_counter()
+    restart_rows = restart_table(backend=backend, progress=stream)
+    print(f"  done in {time.perf_counter() - t0:.1f} s; classifier guidance vs the exact guided ODE: running "
+          f"({len(GUIDED_SCALES)} scales x 3 methods x {len(GUIDED_STEPS)} step counts) ...", file=stream, flush=True)
+    t0 = time.perf_counter()
+    guided_rows = guided_table(progress=stream)  # float64 errors: the auto backend
+    print(f"  done in {time.perf_counter() - t0:.1f} s", file=stream, flush=True)
+    text = format_sections(restart_rows, guided_rows)
     print("\n" + text, file=stream, flush=True)
     if out_dir is not None:
         import os
-        with open(os.path.join(out_dir, "restart_and_splitting.md"), "w", encoding="utf-8") as f:
+        path = os.path.join(out_dir, SECTIONS_NAME)
+        with open(path, "w", encoding="utf-8") as f:
             f.write("```\n" + text + "\n```\n")
+        print(f"\nwrote {path}", file=stream, flush=True)
     return text

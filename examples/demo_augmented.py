@@ -1,4 +1,4 @@
-"""Demo rows for the augmented samplers: ``register()`` adds them to ``fastint.demo`` (section "augmented").
+"""Demo rows for the augmented samplers: ``register()`` adds them to ``demo`` (section "augmented").
 
 The demo hands every runner ``x ~ N(0, 80^2 I)``; an augmented run starts from its own prior instead: ``x / 80``
 (exactly N(0, I), the CLD/PSLD prior for x) and ``v ~ N(0, M I)`` from a generator seeded with the demo seed. The
@@ -10,10 +10,10 @@ import math
 
 import torch
 
-from .adapters import ExactScore
-from .processes import CLD, PSLD
-from .samplers import nfe_per_step, sample_augmented
-from .target import AugmentedTarget
+from fastint.augmented.adapters import ExactScore
+from fastint.augmented.processes import CLD, PSLD
+from fastint.augmented.samplers import nfe_per_step, sample_augmented
+from fastint.augmented.target import AugmentedTarget
 
 ENTRIES = [("cld_em", CLD, "em"), ("cld_sscs", CLD, "sscs"), ("cld_pf_heun", CLD, "pf_heun"),
            ("psld_em", PSLD, "em"), ("psld_sscs", PSLD, "sscs"), ("psld_reduced_splitting", PSLD, "reduced_splitting"),
@@ -32,15 +32,22 @@ def _runner(process_cls, method):
     return run
 
 
+NOTES = {"pf_heun": "Heun on the probability-flow ODE of the augmented process, on the reference code's linear time "
+                   "grid from t = 1, is far from converged with fewer than about 10 steps, then converges fast "
+                   "(second order)",
+         "conjugate": "lambda-DDIM freezes eps and takes the stiff part of the drift explicitly, so a few large steps "
+                      "overshoot (docs/augmented.md)"}
+
+
 def entries():
-    from ..demo import DemoEntry
+    from .demo import DemoEntry
     return [DemoEntry(name, (lambda per: (lambda steps: per * steps + 1))(nfe_per_step(method)),
-                      _runner(cls, method), section="augmented",
+                      _runner(cls, method), section="augmented", note=NOTES.get(method, ""),
                       description=f"{cls.name} {method} (fastint.augmented)") for name, cls, method in ENTRIES]
 
 
 def register():
-    """Add the augmented rows to the demo (``fastint.demo.register_entry``)."""
-    from ..demo import register_entry
+    """Add the augmented rows to the demo (``demo.register_entry``)."""
+    from .demo import register_entry
     for e in entries():
         register_entry(e)
