@@ -74,9 +74,10 @@ def _backward(ctx, grads):
 fused_step_functional.register_autograd(_backward, setup_context=_setup_context)
 
 
-def needs_grad(tensors: Sequence[torch.Tensor]) -> bool:
-    """Whether a call on ``tensors`` is recorded by autograd: grad mode is on and one of them requires grad."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+def needs_grad(*groups: Sequence[torch.Tensor]) -> bool:
+    """Whether a call on the tensors of ``groups`` (lists or tuples) is recorded by autograd: grad mode is on and
+    one of them requires grad."""
+    return torch.is_grad_enabled() and any(t.requires_grad for tensors in groups for t in tensors)
 
 
 def refuse_leaf_outputs(outs: Sequence[torch.Tensor]) -> None:

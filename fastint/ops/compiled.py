@@ -52,7 +52,7 @@ def _probe() -> Optional[str]:
 
 
 def _run(call: FusedStepCall) -> None:
-    if needs_grad(call.inputs + call.outs):
+    if needs_grad(call.inputs, call.outs):
         return write_with_grad(call, "compile")
     fused_step_compile(call.outs, call.inputs, call.coeffs, call.seeds, call.counter, call.num_noise)
 

@@ -25,7 +25,7 @@ def _(outs, inputs, coeffs, seeds, counter, num_noise) -> None:
 
 
 def _run(call: FusedStepCall) -> None:
-    if needs_grad(call.inputs + call.outs):
+    if needs_grad(call.inputs, call.outs):
         return write_with_grad(call, "eager")
     fused_step_eager(call.outs, call.inputs, call.coeffs, call.seeds, call.counter, call.num_noise)
 

@@ -194,7 +194,7 @@ def registered_op():
 
 
 def _run(call: FusedStepCall) -> None:
-    if needs_grad(call.inputs + call.outs):
+    if needs_grad(call.inputs, call.outs):
         return write_with_grad(call, "triton")
     registered_op()(call.outs, call.inputs, call.coeffs, call.seeds, call.counter, call.num_noise)
 
