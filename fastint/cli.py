@@ -340,9 +340,9 @@ def _cmd_solvers(args, parser) -> int:
     rows = []
     for s in list_solvers():
         options = ", ".join(f"{k}={v!r}" for k, v in s["options"].items()) or "-"
-        rows.append([s["name"], str(s["order"]), str(s["nfe_per_step"]), "yes" if s["stochastic"] else "no",
-                     options])
-    print(_table(["solver", "order", "NFE/step", "stochastic", "options (defaults)"], rows))
+        rows.append([s["name"], s["order_note"], str(s["nfe_per_step"]), f"{s['nfe'](10)}",
+                     "yes" if s["stochastic"] else "no", options])
+    print(_table(["solver", "order", "NFE/step", "NFE(10 steps)", "stochastic", "options (defaults)"], rows))
     return 0
 
 

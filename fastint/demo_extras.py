@@ -22,7 +22,7 @@ from . import schedules
 from .metrics import frechet_distance, random_directions, sliced_wasserstein
 from .models.gaussian_mixture import default_mixture
 from .sampling import sample
-from .solvers.guidance import mixture_class_guidance
+from .guidance import mixture_class_guidance
 from .solvers.restart import parse_restart_info, plan_restart, restart_nfe
 
 DEMO_INTERVAL = {"0": [3, 2, 1.0, 3.0]}

@@ -1,4 +1,4 @@
-"""The sampling loop's fast path with a fastint adapter (``SamplingContext.denoise_terms``).
+"""The sampling loop's fast path with a fastint adapter (``Denoise(fuse=True)`` in ``fastint.executor``).
 
 With an adapter that has a host path, Euler and the DPM-Solver++ multistep solvers never materialise D: each step
 reads ``D = c_skip x + c_out F`` as the parts (x, F) and the same fused call writes the next network input
@@ -161,8 +161,8 @@ def test_nan_from_the_network_is_still_reported():
 
 @pytest.mark.parametrize("solver,opts", [s for s in FAST_SOLVERS if not s[1].get("s_churn")])
 def test_planned_loop_equals_the_generic_deferred_loop(solver, opts):
-    """Without a callback the whole loop is planned (``linear.run_linear``); with one, the generic loop runs
-    (``denoise_terms`` + ``combine``). Both give the same samples, for every prediction type."""
+    """With and without a callback (the executor then also materialises D for it): the same samples, for every
+    prediction type."""
     x, sigmas = _setup(F64)
     for name, adapter in _adapters(Network()).items():
         planned = fastint.sample(adapter, x, sigmas, solver, seed=3, backend="eager", **opts)
@@ -288,11 +288,11 @@ def test_planned_loop_names_the_evaluation_of_a_nan(solver):
 def test_planned_loop_allocating_per_step_equals_preallocating(solver, opts, monkeypatch):
     """Above ``_PREALLOCATED_BYTES`` the planned loop allocates each network input when it is written instead of all
     before the first call: the same samples, and the network's kept inputs are untouched either way."""
-    from fastint.solvers import linear
+    from fastint import executor
     x, sigmas = _setup(torch.float32, seed=int(torch.randint(0, 2 ** 31, (1,))))
     results = []
-    for limit in (linear._PREALLOCATED_BYTES, 0):
-        monkeypatch.setattr(linear, "_PREALLOCATED_BYTES", limit)
+    for limit in (executor._PREALLOCATED_BYTES, 0):
+        monkeypatch.setattr(executor, "_PREALLOCATED_BYTES", limit)
         net = Network(keep_inputs=True)
         results.append(fastint.sample(_adapters(net)["discrete_v"], x, sigmas, solver, seed=7, **opts))
         assert len({t.data_ptr() for t in net.inputs}) == len(net.inputs)
