@@ -25,7 +25,6 @@ from diffusers import DDPMPipeline, DDPMScheduler, FlowMatchEulerDiscreteSchedul
 
 from fastint.integrations.diffusers import (FastintDPMSolverScheduler, FastintHeunScheduler,  # noqa: E402
                                             FastintRestartScheduler, FastintScheduler, FastintSEEDSScheduler)
-from fastint.solvers import SOLVERS  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
 RTOL = 1e-5
@@ -79,7 +78,7 @@ def _initial_noise(gen_seed: int) -> torch.Tensor:
 
 
 VP_SOLVERS = ["euler", "heun", "ddim", "euler_ancestral", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "seeds_1",
-              "seeds_2", "seeds_3"] + (["restart"] if "restart" in SOLVERS else [])
+              "seeds_2", "seeds_3", "restart"]
 
 
 @pytest.mark.parametrize("solver", VP_SOLVERS)
@@ -134,7 +133,6 @@ def test_v_prediction_and_named_subclasses():
         assert _rel(final, ref) < RTOL
 
 
-@pytest.mark.skipif("restart" not in SOLVERS, reason="the Restart solver is not registered yet")
 def test_restart_scheduler_named():
     assert FastintRestartScheduler.from_config(DDPMScheduler().config).config.solver == "restart"
 
