@@ -2,14 +2,15 @@
 
     PYTHONPATH=<tree> python benchmarks/bench_step_overhead.py [--steps 50] [--repeats 15] [--numel 12288]
 
-The network returns a fresh tensor from ``torch.empty_like`` (the cost of that call alone is measured and
+Times are the calling thread's CPU time (``time.thread_time``, one torch thread), best of the repeats: on a shared
+machine the wall clock mostly measures the other processes. The network returns a fresh tensor from ``torch.empty_like`` (the cost of that call alone is measured and
 subtracted), so what remains is fastint's per-step cost: the solver's Python, the op calls and checks. Three paths:
 a plain model (``model(x, sigma) -> D``), a fastint adapter (``DiscreteVPDenoiser``: D as its parts), and the same
-adapter with a callback (every step also materialises D for the callback). Run it on two trees in turn to compare.
+adapter with a callback (every step also materialises D for the callback), and the adapter around a network that
+returns one buffer every call (what the executor's history copies cost, where a solver keeps outputs). Run it on two trees in turn to compare.
 """
 
 import argparse
-import statistics
 import time
 
 import torch
@@ -26,10 +27,10 @@ def _median_seconds(fn, repeats: int) -> float:
     fn()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.thread_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        times.append(time.thread_time() - start)
+    return min(times)   # the least disturbed run (a loaded machine only adds time)
 
 
 def main() -> None:
@@ -51,11 +52,17 @@ def main() -> None:
         return torch.empty_like(u)
 
     network_alone = _median_seconds(lambda: [null_network(x, None) for _ in range(args.steps)], args.repeats)
+    buffer = torch.zeros_like(x)
+
+    def reusing_network(u, t):   # one output buffer for every call (a CUDA-graph-style model): the history copies
+        return buffer
+
     adapter = DiscreteVPDenoiser(null_network, ab)
     paths = {"plain model": (null_model, {}), "adapter": (adapter, {}),
-             "adapter + callback": (adapter, {"callback": lambda info: None})}
+             "adapter + callback": (adapter, {"callback": lambda info: None}),
+             "adapter, reused output": (DiscreteVPDenoiser(reusing_network, ab), {})}
     print(f"fastint {fastint.__file__}; {args.steps} steps, {args.numel} fp32 elements, backend {args.backend}, "
-          f"median of {args.repeats}; us per model evaluation beyond the null network")
+          f"best of {args.repeats}, thread CPU time; us per model evaluation beyond the null network")
     print("| solver | " + " | ".join(paths) + " |")
     print("|---|" + "---:|" * len(paths))
     with torch.no_grad():

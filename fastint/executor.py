@@ -34,6 +34,7 @@ requires grad, the run raises instead of returning samples with silently dropped
 
 import functools
 import math
+import operator
 import sys
 import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -81,7 +82,7 @@ def _calibrate_local() -> Tuple[int, int]:
 
 def _probe():
     output = yield
-    yield _reference_counts(output)
+    yield _reference_counts(output)   # the structure of ``_execute`` receiving an output from ``drive``'s caller
 
 
 def _calibrate_sent() -> Tuple[int, int]:
@@ -92,7 +93,7 @@ def _calibrate_sent() -> Tuple[int, int]:
 
 
 # what ``_reference_counts`` gives for a tensor that only the executor holds: a local variable of ``_execute``
-# (model called there), or that variable plus the driver's (``run``: network called there, its output sent in)
+# (model called there), or that variable plus the caller's that sent it in (``drive``: the diffusers scheduler)
 _LOCAL, _SENT = _calibrate_local(), _calibrate_sent()
 
 
@@ -106,8 +107,8 @@ DENOISE, COMBINE, REPORT, GRADIENT = range(4)
 class Plan:
     """A lowered run: ``instructions`` over value slots (slot 0: the initial state), ``result`` slot, buffers."""
 
-    __slots__ = ("instructions", "slots", "result", "state_buffers", "input_buffers", "timesteps", "reports",
-                 "evaluations")
+    __slots__ = ("instructions", "silent", "slots", "result", "state_buffers", "input_buffers", "timesteps",
+                 "reports", "evaluations")
 
     def __init__(self, **kw):
         for k, v in kw.items():
@@ -264,10 +265,24 @@ def _lower(tape: Tape, host_plan, injected: bool, adapter: bool) -> Plan:
             evaluations += 1
             instructions.append([GRADIENT, request.fn, request.state, outs[0], request.sigma, evaluations, False])
     _assign_buffers(instructions, tape.result)
-    return Plan(instructions=[tuple(i) for i in instructions], slots=next_slot[0], result=tape.result,
+    for ins in instructions:
+        if ins[0] == COMBINE:
+            ins[1] = _picker(ins[1])
+            staged = ins[9]
+            assert not staged or len(ins[3]) == 2  # one state output and the network input it stages
+    instructions = [tuple(i) for i in instructions]
+    return Plan(instructions=instructions, silent=[i for i in instructions if i[0] != REPORT], slots=next_slot[0],
+                result=tape.result,
                 state_buffers=_count_buffers(instructions), input_buffers=sum(
                     1 for i in instructions if (i[0] == DENOISE and i[3] == SCALED) or (i[0] == COMBINE and i[9])),
                 timesteps=tuple(timesteps), reports=reports, evaluations=evaluations)
+
+
+def _picker(slots: Tuple[int, ...]) -> Callable[[list], tuple]:
+    """``values -> tuple of values[s] for s in slots`` (an ``itemgetter``: no Python frame per call)."""
+    if len(slots) > 1:
+        return operator.itemgetter(*slots)
+    return lambda values, slot=slots[0]: (values[slot],)
 
 
 def _reads(ins) -> List[int]:
@@ -293,13 +308,11 @@ def _assign_buffers(instructions: List[list], result: int) -> None:
             if ins[0] != REPORT:
                 readers.setdefault(slot, []).append(index)
     evaluations = [i for i, ins in enumerate(instructions) if ins[0] in (DENOISE, GRADIENT)]
-    for index, ins in enumerate(instructions):
-        if ins[0] in (DENOISE, GRADIENT):
-            out = ins[5] if ins[0] == DENOISE else ins[3]
-            later = [e for e in evaluations if e > index]
-            uses = readers.get(out, [])
-            keep = len(uses) > 1 or (bool(later) and any(u > later[0] for u in uses))
-            ins[12 if ins[0] == DENOISE else 6] = keep
+    for position, index in enumerate(evaluations):
+        ins = instructions[index]
+        uses = readers.get(ins[5] if ins[0] == DENOISE else ins[3], [])
+        next_evaluation = evaluations[position + 1] if position + 1 < len(evaluations) else len(instructions)
+        ins[12 if ins[0] == DENOISE else 6] = len(uses) > 1 or any(u > next_evaluation for u in uses)
     holders: Dict[int, int] = {}     # buffer -> live slots in it
     buffer_of: Dict[int, int] = {}
     free: List[int] = []
@@ -443,33 +456,41 @@ class Run:
         return states, (torch.empty(self.shape, dtype=self.dtype, device=self.device)
                         for _ in range(plan.input_buffers))
 
-    def op(self, ops: dict, outs, inputs, coeffs, seeds, counter, num_noise):
-        """One fused-op call; the first call of each kind (counts, dtypes, device, backend request) in the process
-        is validated and picks the backend, later ones go straight to the backend's raw op."""
-        key = (len(inputs), len(outs), num_noise, tuple([t.dtype for t in inputs]))
+    def first_op(self, key, outs, inputs, coeffs, seeds, counter, num_noise):
+        """Run the first call of a kind in this run (``key``: counts and, unless every tensor has the state's
+        dtype, the dtypes) and return ``(backend, raw op)`` for the later ones. The first call of a kind in the
+        process is validated and picks the backend (``registry.remember_choice``); later runs reuse the choice."""
+        process_key = registry.choice_key(key + (self.dtype, self.device.type), self.backend)
+        chosen = registry.remembered_choice(process_key)
+        if chosen is None:
+            width = len(coeffs) // len(outs)
+            call = validate(inputs, [coeffs[m * width:(m + 1) * width] for m in range(len(outs))], outs, seeds,
+                            counter, num_noise)
+            backend = registry.select(call, self.backend)
+            chosen = registry.remember_choice(process_key, backend)
+            backend.run(call)
+            return chosen
+        chosen[1](outs, inputs, coeffs, seeds, counter, num_noise)
+        return chosen
+
+    def op(self, ops: dict, outs, inputs, coeffs) -> None:
+        """A deterministic fused-op call outside the replayed instructions (a callback's materialised D)."""
+        key = (len(inputs), len(outs), 0) + tuple([t.dtype for t in inputs])
         chosen = ops.get(key)
         if chosen is None:
-            process_key = registry.choice_key(key + (self.dtype, self.device.type), self.backend)
-            chosen = registry.remembered_choice(process_key)
-            if chosen is None:
-                width = len(coeffs) // len(outs)
-                call = validate(inputs, [coeffs[m * width:(m + 1) * width] for m in range(len(outs))], outs, seeds,
-                                counter, num_noise)
-                backend = registry.select(call, self.backend)
-                ops[key] = registry.remember_choice(process_key, backend)
-                backend.run(call)
-                return
-            ops[key] = chosen
-        chosen[1](outs, inputs, coeffs, seeds, counter, num_noise)
+            ops[key] = self.first_op(key, outs, inputs, coeffs, None, 0, 0)
+        else:
+            chosen[1](outs, inputs, coeffs, None, 0, 0)
 
 
 def _copy(t: torch.Tensor) -> torch.Tensor:
     return t.clone(memory_format=torch.contiguous_format)
 
 
-def _execute(plan: Plan, run: Run, x: torch.Tensor):
-    """Replay ``plan`` from ``x``; yields ``(network input, timestep batch, state)`` for each network evaluation of
-    a fastint adapter and receives the network output; returns the final state (a buffer of the run)."""
+def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] = None):
+    """Replay ``plan`` from ``x``; returns the final state (a buffer of the run). Each network evaluation of a
+    fastint adapter calls ``network`` or, when it is None, is yielded as ``(network input, timestep batch, state)``
+    and its output received."""
     model, extra, seeds, dtype = run.model, run.extra_args, run.seeds, run.dtype
     grad = torch.is_grad_enabled()
     if grad and x.requires_grad:
@@ -482,56 +503,85 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor):
     ops = registry.op_memo(registry.choice_key((dtype, run.device.type), run.backend))
     injected: Dict[Tuple[int, int], torch.Tensor] = {}
     callback, bar, checked = run.callback, run.progress_bar, run.checked
+    shape, device = run.shape, run.device
+    careful = grad or run.check_finite == "step"   # every model output through the full checks
+    uniform = True      # every tensor so far has the state's dtype: an op's kind is its counts alone
     if bar is not None:
         bar.total = plan.reports
         bar.refresh()
-    for ins in plan.instructions:
+    for ins in plan.instructions if callback is not None or bar is not None else plan.silent:
         op = ins[0]
         if op == COMBINE:
-            _, reads, outs, buffers, coeffs, num_noise, counter, draws, _, staged = ins
-            tensors = [v[s] for s in reads]
-            for event, stream, interval in draws:
-                z = injected.get((event, stream))
-                if z is None:
-                    z = injected[(event, stream)] = run.draw_injected_noise(*interval)
-                tensors.append(z)
-            out_tensors = [states[b] if b >= 0 else next(inputs) for b in buffers]
-            run.op(ops, out_tensors, tensors, coeffs, seeds if num_noise else None, counter, num_noise)
-            for slot, t in zip(outs, out_tensors):
-                v[slot] = t
+            _, pick, outs, buffers, coeffs, num_noise, counter, draws, kind, staged = ins
+            tensors = pick(v)
+            if draws:
+                tensors = list(tensors)
+                for event, stream, interval in draws:
+                    z = injected.get((event, stream))
+                    if z is None:
+                        z = injected[(event, stream)] = run.draw_injected_noise(*interval)
+                        uniform = uniform and z.dtype == dtype
+                    tensors.append(z)
+            if staged:
+                out_tensors = [states[buffers[0]], next(inputs)]
+            else:
+                out_tensors = [states[b] for b in buffers]
+            key = kind if uniform else kind + tuple([t.dtype for t in tensors])
+            chosen = ops.get(key)
+            if chosen is None:
+                ops[key] = run.first_op(key, out_tensors, tensors, coeffs, seeds if num_noise else None, counter,
+                                        num_noise)
+            else:
+                chosen[1](out_tensors, tensors, coeffs, seeds if num_noise else None, counter, num_noise)
+            if len(outs) == 1:
+                v[outs[0]] = out_tensors[0]
+            else:
+                for slot, t in zip(outs, out_tensors):
+                    v[slot] = t
         elif op == DENOISE:
             _, mode, state, source, input_slot, out, sigma, c_in, c_skip, c_out, t_index, evaluation, keep = ins
             xs = v[state]
-            if mode == PLAIN:
-                d = model(xs, torch.full((run.shape[0],), sigma, dtype=dtype, device=run.device), **extra)
-                d = checked(d, sigma, evaluation)
-            elif mode == ADAPTER:
-                d = checked(model.denoise_at(xs, sigma, **extra), sigma, evaluation)
-            else:
-                if source == FROM_STATE:
-                    model_input = xs
-                elif source == STAGED:
+            if mode <= SPLIT:                        # FUSED or SPLIT: the adapter's network, at c_in x
+                if source == STAGED:
                     model_input = v[input_slot]
+                elif source == FROM_STATE:
+                    model_input = xs
                 else:
                     model_input = torch.mul(xs, c_in, out=next(inputs))
-                f = yield model_input, t_batches[t_index], xs
+                if network is not None:
+                    f = network(model_input, t_batches[t_index], **extra)
+                    if type(f) is not torch.Tensor:
+                        f = output_tensor(run.name, f)
+                    held = _LOCAL
+                else:
+                    f = yield model_input, t_batches[t_index], xs
+                    held = _SENT
                 if mode == FUSED:
-                    f = run.network_output(f, sigma, evaluation)
+                    if careful or type(f) is not torch.Tensor or f.dtype != dtype or f.shape != shape \
+                            or f.device != device or not f.is_contiguous():
+                        f = run.network_output(f, sigma, evaluation)
                     if keep:
                         references, storage = _reference_counts(f)
-                        if references > _SENT[0] or storage > _SENT[1]:
+                        if references > held[0] or storage > held[1]:
                             f = _copy(f)
+                    uniform = uniform and f.dtype == dtype
                     v[out] = f
                     continue
                 if type(f) is not torch.Tensor:
                     f = output_tensor(run.name, f)
-                d = checked(model.to_state(xs, check_output_shape(run.name, f, run.shape), c_skip, c_out), sigma,
+                d = checked(model.to_state(xs, check_output_shape(run.name, f, shape), c_skip, c_out), sigma,
                             evaluation)
                 del f
+            elif mode == PLAIN:
+                d = model(xs, torch.full((shape[0],), sigma, dtype=dtype, device=device), **extra)
+                d = checked(d, sigma, evaluation)
+            else:
+                d = checked(model.denoise_at(xs, sigma, **extra), sigma, evaluation)
             if keep:
                 references, storage = _reference_counts(d)
                 if references > _LOCAL[0] or storage > _LOCAL[1]:
                     d = _copy(d)
+            uniform = uniform and d.dtype == dtype
             v[out] = d
             del d
         elif op == REPORT:
@@ -540,7 +590,7 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor):
                 if isinstance(denoised, tuple):
                     parts = [(c, s) for c, s in denoised if c != 0.0] or [denoised[0]]
                     d = torch.empty(run.shape, dtype=dtype, device=run.device)
-                    run.op(ops, [d], [v[s] for _, s in parts], [c for c, _ in parts], None, 0, 0)
+                    run.op(ops, [d], [v[s] for _, s in parts], [c for c, _ in parts])
                 else:
                     d = v[denoised]
                 callback({"x": v[state], "i": i, "sigma": sigma, "sigma_hat": sigma_hat, "denoised": d})
@@ -569,18 +619,11 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor):
 
 def run(plan: Plan, run_: Run, x: torch.Tensor) -> torch.Tensor:
     """Replay ``plan`` calling the network of the fastint adapter (``run_.model.inner_model``) in this thread."""
-    steps = _execute(plan, run_, x)
-    network = getattr(run_.model, "inner_model", None)
-    extra, name = run_.extra_args, run_.name
     try:
-        request = steps.send(None)
-        while True:
-            output = network(request[0], request[1], **extra)
-            if type(output) is not torch.Tensor:
-                output = output_tensor(name, output)
-            request = steps.send(output)
+        next(_execute(plan, run_, x, getattr(run_.model, "inner_model", None)))
     except StopIteration as stop:
         return stop.value
+    raise AssertionError("the executor yielded a network evaluation although it was given the network")
 
 
 def drive(plan: Plan, run_: Run, x: torch.Tensor):
