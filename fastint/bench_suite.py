@@ -158,8 +158,9 @@ def _dpmpp_coefficients(kind: str, eta: float = 1.0):
     from .solvers import get_solver
     solver = get_solver(kind, **({"eta": eta} if kind == "dpmpp_2m_sde" else {}))
     plan = lowered(solver, list(_step_sigmas()) + [0.0], None, False)
-    _, reads, _, _, coeffs, num_noise = [i for i in plan.instructions if i[0] == COMBINE][1][:6]
-    return list(coeffs[:len(reads)]), (coeffs[len(reads)] if num_noise else None)
+    step = [i for i in plan.instructions if i[0] == COMBINE][1]
+    coeffs, (inputs, _, num_noise) = step[4], step[8]
+    return list(coeffs[:inputs]), (coeffs[inputs] if num_noise else None)
 
 
 def _diffusers_step(kind: str, x, d, d_old):
