@@ -152,21 +152,15 @@ def _step_sigmas():
 
 
 def _dpmpp_coefficients(kind: str, eta: float = 1.0):
-    """fastint's host coefficients of the step kinds (inputs x, D[, D_old]) and the noise coefficient."""
-    sigma_prev, sigma, sigma_next = _step_sigmas()
-    if kind == "euler":
-        return [sigma_next / sigma, 1 - sigma_next / sigma], None
-    h = math.log(sigma / sigma_next)
-    h_last = math.log(sigma_prev / sigma)
-    r = h_last / h
-    if kind == "dpmpp_2m":
-        c = -math.expm1(-h) / (2 * r)
-        return [sigma_next / sigma, -math.expm1(-h) + c, -c], None
-    eta_h = eta * h
-    c_d = -math.expm1(-h - eta_h)
-    corr = 0.5 * c_d / r
-    return ([sigma_next / sigma * math.exp(-eta_h), c_d + corr, -corr],
-            sigma_next * math.sqrt(-math.expm1(-2 * eta_h)))
+    """fastint's host coefficients of the step kinds (inputs x, D[, D_old]) and the noise coefficient: the second
+    combination of the solver's recorded program on ``_step_sigmas()`` as the executor lowers it for a plain model."""
+    from .executor import COMBINE, lowered
+    from .solvers import get_solver
+    solver = get_solver(kind, **({"eta": eta} if kind == "dpmpp_2m_sde" else {}))
+    plan = lowered(solver, list(_step_sigmas()) + [0.0], None, False)
+    step = [i for i in plan.instructions if i[0] == COMBINE][1]
+    coeffs, (inputs, _, num_noise) = step[4], step[8]
+    return list(coeffs[:inputs]), (coeffs[inputs] if num_noise else None)
 
 
 def _diffusers_step(kind: str, x, d, d_old):

@@ -21,7 +21,6 @@ taken from the plan.
 
 import json
 import os
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -105,16 +104,6 @@ class DemoEntry:
         return steps
 
 
-def nfe_counter(nfe_per_step: str) -> Callable[[int], int]:
-    """The NFE of ``steps`` steps from a ``list_solvers()`` ``nfe_per_step`` text such as ``"1"`` or
-    ``"2 (1 on the last step to 0)"``."""
-    match = re.match(r"\s*(\d+)", str(nfe_per_step))
-    per_step = int(match.group(1)) if match else 1
-    last = re.search(r"(\d+)\s+on the last step", str(nfe_per_step))
-    last_step = int(last.group(1)) if last else per_step
-    return lambda steps: per_step * (steps - 1) + last_step
-
-
 def _solver_runner(name: str) -> Runner:
     def run(setup: DemoSetup, model: Callable, x: torch.Tensor, steps: int) -> torch.Tensor:
         return sample(model, x, setup.sigmas(steps), solver=name, seed=setup.seed, backend=setup.backend)
@@ -123,7 +112,7 @@ def _solver_runner(name: str) -> Runner:
 
 def solver_entries() -> List[DemoEntry]:
     """One entry per ``fastint.list_solvers()`` row, with its default options."""
-    return [DemoEntry(row["name"], nfe_counter(row["nfe_per_step"]), _solver_runner(row["name"]),
+    return [DemoEntry(row["name"], row["nfe"], _solver_runner(row["name"]),
                       description=row.get("summary", "")) for row in list_solvers()]
 
 

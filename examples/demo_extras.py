@@ -22,7 +22,7 @@ from fastint import schedules
 from fastint.metrics import frechet_distance, random_directions, sliced_wasserstein
 from fastint.models.gaussian_mixture import default_mixture
 from fastint.sampling import sample
-from fastint.solvers.guidance import mixture_class_guidance
+from fastint.guidance import mixture_class_guidance
 from fastint.solvers.restart import parse_restart_info, plan_restart, restart_nfe
 
 DEMO_INTERVAL = {"0": [3, 2, 1.0, 3.0]}

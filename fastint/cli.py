@@ -387,13 +387,13 @@ def _cmd_solvers(args, parser) -> int:
         s = solvers[args.name]
         options = "\n".join(f"  {k} = {v!r}" for k, v in s["options"].items()) or "  (none)"
         print(f"{s['name']}: {s.get('summary', '')}\n"
-              f"order:            {s['order']}\n"
-              f"NFE per step:     {s['nfe_per_step']}\n"
+              f"order:            {s['order_note']}\n"
+              f"NFE per step:     {s['nfe_per_step']} (NFE of 10 steps: {s['nfe'](10)})\n"
               f"stochastic:       {_stochastic(s)}\n"
               f"options (defaults):\n{options}")
         return 0
     headers = ["solver", "order", "NFE/step", "stochastic", "summary"]
-    rows = [[s["name"], _short(s["order"]), _short(s["nfe_per_step"]), _stochastic(s), s.get("summary", "")]
+    rows = [[s["name"], _short(s["order_note"]), _short(s["nfe_per_step"]), _stochastic(s), s.get("summary", "")]
             for s in solvers.values()]
     fixed = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers[:-1])]
     room = WIDTH - sum(fixed) - 2 * len(fixed)

@@ -11,8 +11,11 @@ every fused step -- can be captured once in a CUDA graph and replayed with one l
     out = sampler(x_new, seed=[7, 8])    # new per-sample seeds (copied into the static seed tensor)
     out = sampler(x_new).clone()         # the output buffer is overwritten by the next replay: clone to keep it
 
-The replay computes exactly what ``fastint.sample(model, x, sigmas, solver, seed=..., check_finite="off",
-**options)`` computes (same kernels, same noise addressing). Fixed at capture: the shapes, dtype and device of
+The capture records ``fastint.sample`` itself, i.e. the solver's program replayed by ``fastint.executor`` (the
+same instructions, buffers and kernels as every other run), so a replay computes exactly what ``fastint.sample(
+model, x, sigmas, solver, seed=..., check_finite="off", **options)`` computes (same noise addressing). A model that
+returns one static output buffer (a graph-captured model) is safe: the executor copies an output the solver keeps
+past the next model call when someone else holds its storage. Fixed at capture: the shapes, dtype and device of
 ``x``, the sigmas, the solver and its options, ``extra_args`` (their tensors are read at replay time, so
 updating such a tensor in place is seen by the next replay). Not supported: ``noise_sampler`` (host callables),
 ``callback`` and ``progress`` (they would only run during capture).

@@ -1,4 +1,4 @@
-"""``fastint.sample``: validate the call, set up noise and the context, run the solver."""
+"""``fastint.sample``: validate the call, set up noise, and run the solver's program on the executor."""
 
 import math
 import operator
@@ -6,9 +6,10 @@ from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import torch
 
+from . import executor
+from .executor import all_finite
 from .ops.seeds import seed_tensor
 from .solvers import get_solver
-from .solvers.base import SamplingContext, all_finite
 
 SeedLike = Union[None, int, Sequence[int], torch.Tensor]
 CHECK_FINITE = ("end", "step", "off")
@@ -94,10 +95,10 @@ def sample(model: Callable, x: torch.Tensor, sigmas, solver: str = "dpmpp_2m", *
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(sigma_values) - 1, desc=f"fastint {solver}")
-    ctx = SamplingContext(model, x, sigma_values, dict(extra_args or {}), seeds, noise_sampler, backend,
-                          callback, check_finite, bar)
+    plan = executor.lowered(method, sigma_values, model, noise_sampler is not None)
+    run = executor.Run(model, x, dict(extra_args or {}), seeds, noise_sampler, backend, callback, check_finite, bar)
     try:
-        result = method.run(ctx, x)
+        result = executor.run(plan, run, x)
     finally:
         if bar is not None:
             bar.close()

@@ -1,4 +1,4 @@
-"""The finiteness check of ``fastint.sample`` (``solvers.base.all_finite``): the compiled scan of the exponent bits
+"""The finiteness check of ``fastint.sample`` (``executor.all_finite``): the compiled scan of the exponent bits
 (``fastint._C.all_finite``) and the sum-first fallback both agree with ``torch.isfinite(t).all()`` wherever a NaN or
 an infinity sits, for every float dtype, and neither is fooled by finite values whose sum overflows."""
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fastint.ops import extension
-from fastint.solvers import base
+from fastint import executor as base
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 needs_extension = pytest.mark.skipif(extension.load() is not None, reason="the compiled extension is not available")

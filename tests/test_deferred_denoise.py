@@ -1,4 +1,4 @@
-"""The sampling loop's fast path with a fastint adapter (``SamplingContext.denoise_terms``).
+"""The sampling loop's fast path with a fastint adapter (``Denoise(fuse=True)`` in ``fastint.executor``).
 
 With an adapter that has a host path, Euler and the DPM-Solver++ multistep solvers never materialise D: each step
 reads ``D = c_skip x + c_out F`` as the parts (x, F) and the same fused call writes the next network input
@@ -161,8 +161,8 @@ def test_nan_from_the_network_is_still_reported():
 
 @pytest.mark.parametrize("solver,opts", [s for s in FAST_SOLVERS if not s[1].get("s_churn")])
 def test_planned_loop_equals_the_generic_deferred_loop(solver, opts):
-    """Without a callback the whole loop is planned (``linear.run_linear``); with one, the generic loop runs
-    (``denoise_terms`` + ``combine``). Both give the same samples, for every prediction type."""
+    """With and without a callback (the executor then also materialises D for it): the same samples, for every
+    prediction type."""
     x, sigmas = _setup(F64)
     for name, adapter in _adapters(Network()).items():
         planned = fastint.sample(adapter, x, sigmas, solver, seed=3, backend="eager", **opts)
@@ -225,7 +225,7 @@ def test_network_returning_a_view_of_its_input(solver, options, with_callback):
 
 @pytest.mark.parametrize("solver", ["euler", "dpmpp_2m"])
 def test_setting_an_adapter_attribute_takes_effect(solver):
-    # host plans, timestep batches and the planned loop are memoised per adapter; a changed option must not reuse them
+    # host plans, timestep batches and the lowered runs are memoised per adapter; a changed option must not reuse them
     x, sigmas = _setup(torch.float64, seed=int(torch.randint(0, 2 ** 31, (1,))))
     net = Network()
     adapter = DiscreteVPDenoiser(net, _ab(), prediction_type="epsilon", quantize=True)
@@ -247,9 +247,8 @@ def _warm_up(x, sigmas, solver, backend):
 
 
 def test_planned_loop_reports_a_bad_network_output_by_name():
-    """The planned loop leaves the checks of a network output to an op that checks its tensors itself (the compiled
-    backend, once a call of the kind was validated) and checks it itself otherwise; whatever is wrong, the error
-    names the network output, and the caller's x is untouched."""
+    """The replay checks every network output before an op reads it, also once the ops of the compiled backend
+    are remembered; whatever is wrong, the error names the network output, and the caller's x is untouched."""
     x, sigmas = _setup(torch.float32, seed=int(torch.randint(0, 2 ** 31, (1,))))
     x_before = x.clone()
     ab = _ab()
@@ -271,7 +270,7 @@ def test_planned_loop_reports_a_bad_network_output_by_name():
 
 @pytest.mark.parametrize("solver", ["euler", "dpmpp_2m"])
 def test_planned_loop_names_the_evaluation_of_a_nan(solver):
-    """check_finite='step' in the planned loop: the error names the first evaluation with a NaN."""
+    """check_finite='step' in the replay: the error names the first evaluation with a NaN."""
     x, sigmas = _setup(torch.float32)
     net, calls = Network(), []
 
@@ -286,13 +285,13 @@ def test_planned_loop_names_the_evaluation_of_a_nan(solver):
 
 @pytest.mark.parametrize("solver,opts", [s for s in FAST_SOLVERS if not s[1].get("s_churn")])
 def test_planned_loop_allocating_per_step_equals_preallocating(solver, opts, monkeypatch):
-    """Above ``_PREALLOCATED_BYTES`` the planned loop allocates each network input when it is written instead of all
+    """Above ``_PREALLOCATED_BYTES`` the replay allocates each network input when it is written instead of all
     before the first call: the same samples, and the network's kept inputs are untouched either way."""
-    from fastint.solvers import linear
+    from fastint import executor
     x, sigmas = _setup(torch.float32, seed=int(torch.randint(0, 2 ** 31, (1,))))
     results = []
-    for limit in (linear._PREALLOCATED_BYTES, 0):
-        monkeypatch.setattr(linear, "_PREALLOCATED_BYTES", limit)
+    for limit in (executor._PREALLOCATED_BYTES, 0):
+        monkeypatch.setattr(executor, "_PREALLOCATED_BYTES", limit)
         net = Network(keep_inputs=True)
         results.append(fastint.sample(_adapters(net)["discrete_v"], x, sigmas, solver, seed=7, **opts))
         assert len({t.data_ptr() for t in net.inputs}) == len(net.inputs)
@@ -302,7 +301,7 @@ def test_planned_loop_allocating_per_step_equals_preallocating(solver, opts, mon
 
 
 def test_planned_loop_remembers_ops_per_backend_and_forgets_them_on_register(monkeypatch):
-    """The planned loop keeps the raw op of each kind of step per (dtype, device, requested backend, backend in
+    """The replay keeps the raw op of each kind of step per (dtype, device, requested backend, backend in
     force); a run under another backend (``use_backend``) gets its own ops and runs on that backend, and registering
     a backend forgets them all."""
     from fastint.ops import registry
@@ -330,7 +329,7 @@ def test_planned_loop_remembers_ops_per_backend_and_forgets_them_on_register(mon
 
 def test_planned_loop_unwraps_tuples_lists_and_sample_objects():
     """A network may return its output in a tuple, a list or an object with ``.sample`` (diffusers' UNets): the
-    planned loop unwraps each of them, on the compiled backend after its ops are remembered too, to the same
+    replay unwraps each of them, on the compiled backend after its ops are remembered too, to the same
     samples as a network that returns the tensor itself."""
     x, sigmas = _setup(torch.float32, seed=int(torch.randint(0, 2 ** 31, (1,))))
     net = Network()

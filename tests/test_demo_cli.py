@@ -132,11 +132,12 @@ def test_demo_is_reproducible(tmp_path):
     assert [(r.sliced_wasserstein, r.frechet) for r in a.rows] == [(r.sliced_wasserstein, r.frechet) for r in b.rows]
 
 
-def test_nfe_counter_and_steps_for_budget():
-    assert demo.nfe_counter("1")(7) == 7
-    heun = demo.nfe_counter("2 (1 on the last step to 0)")
+def test_solver_nfe_and_steps_for_budget():
+    nfe = {row["name"]: row["nfe"] for row in fastint.list_solvers()}
+    assert nfe["euler"](7) == 7
+    heun = nfe["heun"]
     assert [heun(n) for n in (1, 2, 5)] == [1, 3, 9]
-    seeds3 = demo.nfe_counter("3 (1 on the last step to 0)")
+    seeds3 = nfe["seeds_3"]
     entry = demo.DemoEntry("x", seeds3, run=None)
     assert entry.steps_for_budget(10) == 4 and seeds3(4) == 10
     assert entry.steps_for_budget(1) == 1

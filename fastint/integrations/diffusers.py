@@ -4,17 +4,19 @@ solver="seeds_2")``.
 How it works
 ------------
 diffusers pipelines run ``for t in scheduler.timesteps: out = model(sample, t); sample = scheduler.step(out, t,
-sample).prev_sample``: one model call per ``step``. A fastint solver is a loop that calls the model itself (one or
-more times per step: Heun, SEEDS-2/3, Restart). ``FastintScheduler`` runs that very loop (``fastint.sample`` with a
-model adapter from ``fastint.models``) in a helper thread whose model call hands the model input over to the
-pipeline and waits for the pipeline's model output: each ``step`` receives the output for the pending request and
-returns the next request as ``prev_sample`` (or the final result). The two threads run strictly in turn, so the
-result is exactly ``fastint.sample(adapter(model), x, sigmas, solver, seed=...)`` (same code, same op calls); the
-helper thread is cancelled on ``set_timesteps``, on an error and when the scheduler is garbage collected.
+sample).prev_sample``: one model call per ``step``. A fastint solver is a host program run by ``fastint.executor``,
+which yields each network evaluation it needs (the model input, in the model's coordinates) and receives the
+network output. ``FastintScheduler`` drives that generator from ``step`` in the pipeline's own thread: each
+``step`` sends the output for the pending evaluation and returns the next model input as ``prev_sample`` (or the
+final result). No helper thread: whatever the caller's thread set (``fastint.use_backend``, ``torch.autocast``,
+grad mode, the CUDA stream) applies, and the result is exactly ``fastint.sample(adapter(model), x, sigmas, solver,
+seed=...)`` (same executor, same op calls). An abandoned run leaves nothing behind: the next ``set_timesteps``
+starts a fresh one. A run is bound to the pipeline driving it: a ``step`` from another thread during a run, or with
+a timestep that is not the pending one (two pipelines interleaving their steps), raises a clear error.
 
-- ``timesteps`` holds one entry per model call (like diffusers' ``HeunDiscreteScheduler``); they are computed in
-  ``set_timesteps`` by a dry run of the solver on a 1-element state (the noise levels a solver asks for never depend
-  on tensor values), through the same adapter, so they equal the timesteps the adapter would pass to the model.
+- ``timesteps`` holds one entry per model call (like diffusers' ``HeunDiscreteScheduler``); they come from the
+  recorded program (the noise levels a solver asks for never depend on tensor values) through the same adapter, so
+  they equal the timesteps the adapter would pass to the model.
 - The pipeline's sample is kept in the MODEL's coordinates (``x_vp = alpha x~`` for VP models, ``x_flow = (1 - t) x~``
   for rectified flow), like ``DDIMScheduler`` / ``FlowMatchEulerDiscreteScheduler``: ``init_noise_sigma = 1`` and
   ``scale_model_input`` is the identity, so pipelines that call it (Stable Diffusion) and pipelines that do not
@@ -22,6 +24,9 @@ helper thread is cancelled on ``set_timesteps``, on an error and when the schedu
   noise level: ``x~_0 = sample / alpha_0``.
 - A sample the pipeline changed between steps (inpainting masks, ``callback_on_step_end``) is written back into the
   solver's state before the model output is used.
+- Model outputs are copied when the solver keeps them past the next model call (the pipeline still holds them).
+- Gradients: the fused op does not propagate them yet; with grad mode on and a sample or model output that requires
+  grad, ``step`` raises instead of dropping them.
 - Noise: fastint's per-sample counter-based noise (``docs/noise.md``). The seeds come from ``set_seed`` /
   ``set_timesteps(seed=...)`` when given (int: sample b uses seed + b; or one per sample), else from the
   ``generator`` passed to ``step`` (one int drawn from it; a list of generators gives one seed per sample, as
@@ -33,9 +38,7 @@ Prediction types: ``epsilon``, ``v_prediction``, ``sample`` (discrete VP models,
 """
 
 import math
-import queue
 import threading
-import weakref
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Union
 
@@ -46,8 +49,10 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
 from diffusers.utils import BaseOutput
 
+from .. import executor
 from ..models import DiscreteVPDenoiser, FlowDenoiser
-from ..sampling import per_sample_seeds, sample as fastint_sample
+from ..sampling import _sigma_list, per_sample_seeds
+from ..solvers.program import Denoise
 from ..schedules import (alphas_cumprod_from_betas, betas_linear, betas_scaled_linear, exponential, flow, karras,
                          vp_discrete)
 from ..solvers import SOLVERS, get_solver
@@ -70,96 +75,23 @@ class FastintSchedulerOutput(BaseOutput):
     pred_original_sample: Optional[torch.Tensor] = None
 
 
-class _Cancelled(BaseException):
-    """Raised inside the solver thread to unwind it when the run is abandoned."""
+def _no_network(*_, **__):
+    raise AssertionError("FastintScheduler: the pipeline evaluates the network, the executor never calls it")
 
 
 class _DrivenRun:
-    """One ``fastint.sample`` run in a helper thread whose model calls are answered by ``step``.
+    """One run of the executor's generator, advanced by ``step`` in the thread that started it."""
 
-    Messages solver -> pipeline: ("request", x_model), ("done", result), ("error", exception).
-    Messages pipeline -> solver: (model_output, edited_state_or_None), or _CANCEL.
-    """
-
-    _CANCEL = object()
-
-    def __init__(self, make_adapter, x_ve, sigmas, solver, options, seeds, backend):
-        self.to_solver: "queue.Queue" = queue.Queue()
-        self.from_solver: "queue.Queue" = queue.Queue()
-        self.adapter = make_adapter(self._handoff)
-        self.current_x = None
+    def __init__(self, steps, run, owner: int):
+        self.steps, self.run, self.owner = steps, run, owner
+        self.pending = None        # the request (model input, timestep batch, state) awaiting its network output
         self.denoised = None
-        self.finished = False
-        grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
-        # the solver's kernels go to the pipeline thread's current CUDA stream (thread-local state otherwise)
-        stream = torch.cuda.current_stream(x_ve.device) if x_ve.device.type == "cuda" else None
-        args = (x_ve, sigmas, solver, options, seeds, backend, grad, inference, stream)
-        self.thread = threading.Thread(target=self._main, args=args, name="fastint-diffusers-solver", daemon=True)
-        self.thread.start()
 
-    # -- solver side -------------------------------------------------------------------------------------------
-    def _model(self, x, sigma, **extra):
-        self.current_x = x
-        return self.adapter(x, sigma, **extra)
-
-    def _handoff(self, x_model, t, **extra):
-        self.from_solver.put(("request", x_model))
-        message = self.to_solver.get()
-        if message is self._CANCEL:
-            raise _Cancelled()
-        output, edited = message
-        if edited is not None:  # the pipeline changed the state between steps: the solver continues from it
-            self.current_x.copy_(edited)
-        return output
-
-    def _record(self, info):
+    def record(self, info):
         self.denoised = info["denoised"]
 
-    def _main(self, x_ve, sigmas, solver, options, seeds, backend, grad, inference, stream):
-        import contextlib
-        try:
-            with torch.inference_mode(inference), torch.set_grad_enabled(grad), \
-                    (torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()):
-                result = fastint_sample(self._model, x_ve, sigmas, solver, seed=seeds, backend=backend,
-                                        callback=self._record, **options)
-            self.from_solver.put(("done", result))
-        except _Cancelled:
-            pass
-        except BaseException as exc:  # noqa: BLE001 - handed to the pipeline's thread, re-raised there
-            self.from_solver.put(("error", exc))
-
-    # -- pipeline side -----------------------------------------------------------------------------------------
-    def receive(self):
-        kind, payload = self.from_solver.get()
-        if kind != "request":
-            self.finished = True
-            self.thread.join()
-        if kind == "error":
-            raise payload
-        return kind, payload
-
-    def send(self, output, edited=None):
-        self.to_solver.put((output, edited))
-
-    def cancel(self):
-        if self.thread.is_alive() and not self.finished:
-            self.to_solver.put(self._CANCEL)
-            self.thread.join(timeout=30)
-        self.finished = True
-
-
-class _RecordingAdapter:
-    """The dry run's model: the scheduler's adapter on the sampling path (``denoise_at``), noting each call's sigma."""
-
-    def __init__(self, adapter, sigmas: List[float]):
-        self.adapter, self.sigmas = adapter, sigmas
-
-    def __call__(self, x, sigma, **extra_args):
-        raise AssertionError("fastint.sample calls denoise_at")
-
-    def denoise_at(self, x, sigma: float, **extra_args):
-        self.sigmas.append(sigma)
-        return self.adapter.denoise_at(x, sigma, **extra_args)
+    def close(self):
+        self.steps.close()
 
 
 def _cosine_betas(n_train: int) -> torch.Tensor:
@@ -241,17 +173,21 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
         self.sigmas: Optional[torch.Tensor] = None
         self.num_inference_steps: Optional[int] = None
         self._seed = None
-        self._plan_alpha: List[torch.Tensor] = []
         self._run: Optional[_DrivenRun] = None
-        self._finalizer = None
         self._step_index: Optional[int] = None
         self._returned = None
+        self._stepping = threading.Lock()
+        self._network_adapter = self._adapter(_no_network)
 
     def __getstate__(self):
-        """Copies and pickles carry the configuration and schedule, never a run in progress (its thread)."""
+        """Copies and pickles carry the configuration and schedule, never a run in progress."""
         state = dict(self.__dict__)
-        state.update(_run=None, _finalizer=None, _step_index=None, _returned=None)
+        state.update(_run=None, _step_index=None, _returned=None, _stepping=None)
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._stepping = threading.Lock()
 
     # -- configuration -----------------------------------------------------------------------------------------
     @property
@@ -333,21 +269,16 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"{type(self).__name__}: num_inference_steps must be an int >= 1, got "
                              f"{num_inference_steps!r}")
         grid = self._sigma_grid(int(num_inference_steps), sigmas, mu)
-        # dry run on a 1-element state: the noise levels asked for, and the timesteps the adapter derives from them
-        plan_t: List[torch.Tensor] = []
-        plan_alpha: List[float] = []
-
-        def record(x_model, t, **_):
-            plan_t.append(t.reshape(-1)[:1].clone())
-            return torch.zeros_like(x_model)
-
+        # the recorded program: the noise level of every model call, and the timestep the adapter derives from it
+        tape = executor.recording(self._solver, _sigma_list(grid))
+        plan_sigmas = [request.sigma for request, _ in tape.entries if type(request) is Denoise]
+        adapter = self._network_adapter
         probe = torch.zeros(1, 1, dtype=torch.float32)
-        fastint_sample(_RecordingAdapter(self._adapter(record), plan_alpha), probe, grid, self.config.solver, seed=0,
-                       backend="eager", check_finite="off", **self.config.solver_options)
+        batches = adapter.timestep_batches(probe, [adapter.host_plan(s)[3] for s in plan_sigmas])
         self.sigmas = grid
         self.num_inference_steps = int(num_inference_steps)
-        self.timesteps = torch.cat(plan_t).to(device)
-        self.plan_sigmas = plan_alpha  # the VE noise level of every model call (host floats)
+        self.timesteps = torch.cat([b.reshape(-1)[:1] for b in batches]).to(device)
+        self.plan_sigmas = plan_sigmas  # the VE noise level of every model call (host floats)
         self._step_index = None
         self._returned = None
 
@@ -395,53 +326,91 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
         the last call, the result) as ``prev_sample``, in the model's coordinates."""
         if self.timesteps is None:
             raise RuntimeError(f"{type(self).__name__}: call set_timesteps before step")
+        if not self._stepping.acquire(blocking=False):
+            raise RuntimeError(f"{type(self).__name__}: step called while another step of this scheduler runs (two "
+                               "pipelines driving one scheduler at once); give each pipeline its own scheduler "
+                               "(copy.deepcopy(scheduler) or Scheduler.from_config(scheduler.config))")
+        try:
+            return self._step(model_output, timestep, sample, generator, return_dict)
+        finally:
+            self._stepping.release()
+
+    def _check_driver(self, k: int, timestep, sample: torch.Tensor) -> None:
+        """The run in progress belongs to one pipeline: same thread, the pending timestep, the same batch."""
+        run = self._run
+        if run.owner != threading.get_ident():
+            raise RuntimeError(f"{type(self).__name__}: step called from another thread than the one running this "
+                               "scheduler's current run (two pipelines driving one scheduler at once); give each "
+                               "pipeline its own scheduler")
+        expected = self.timesteps[k]
+        if isinstance(timestep, (int, float, torch.Tensor)) and not isinstance(timestep, bool) and \
+                (not isinstance(timestep, torch.Tensor) or timestep.numel() == 1) and \
+                float(timestep) != float(expected):
+            raise RuntimeError(f"{type(self).__name__}: step got timestep {float(timestep):g} but the run in "
+                               f"progress waits for the output at timesteps[{k}] = {float(expected):g} (two "
+                               "pipelines driving one scheduler at once?); give each pipeline its own scheduler, or "
+                               "call set_timesteps to start a new run")
+        if sample.shape != run.run.shape:
+            raise ValueError(f"{type(self).__name__}: the sample changed shape from {tuple(run.run.shape)} to "
+                             f"{tuple(sample.shape)} between two step calls (batch size "
+                             f"{run.run.shape[0]} -> {sample.shape[0]}); call set_timesteps to start a new run")
+
+    def _step(self, model_output, timestep, sample, generator, return_dict):
         k = 0 if self._step_index is None else self._step_index
         if k >= len(self.timesteps):
             raise RuntimeError(f"{type(self).__name__}: step called {k + 1} times but the schedule has "
                                f"{len(self.timesteps)} model calls; call set_timesteps to start a new run")
-        output = self._model_output(model_output, sample)
+        if k > 0:
+            self._check_driver(k, timestep, sample)
         try:
+            output = self._model_output(model_output, sample)
             if k == 0:
+                self._cancel()
                 x_ve = sample / self._coefficient(self.plan_sigmas[0])
                 seeds = self._seeds(sample.shape[0], generator, sample.device)
-                self._run = _DrivenRun(self._adapter, x_ve, self.sigmas, self.config.solver,
-                                       self.config.solver_options, seeds, self.config.backend)
-                self._finalizer = weakref.finalize(self, self._run.cancel)
-                kind, _ = self._run.receive()  # the first request: the pipeline has already evaluated `sample`
-                self._run.send(output)
-            else:
-                edited = None
-                if sample is not self._returned:
-                    edited = sample / self._coefficient(self.plan_sigmas[k])
-                self._run.send(output, edited)
-            kind, payload = self._run.receive()
+                cfg = self.config
+                adapter = self._network_adapter
+                plan = executor.lowered(self._solver, _sigma_list(self.sigmas), adapter, False)
+                self._run = run = _DrivenRun(None, None, threading.get_ident())
+                run.run = executor.Run(adapter, x_ve, {}, seeds, None, cfg.backend, run.record, "end")
+                run.steps = executor.drive(plan, run.run, x_ve)
+                run.pending = run.steps.send(None)  # the first request: the pipeline has already evaluated `sample`
+            elif sample is not self._returned:  # the pipeline changed the state: the solver continues from it
+                self._run.pending[2].copy_(sample / self._coefficient(self.plan_sigmas[k]))
+            run = self._run
+            try:
+                run.pending = run.steps.send(output)
+                result = None
+            except StopIteration as stop:
+                run.pending, result = None, stop.value
         except BaseException:
             self._cancel()
             raise
         self._step_index = k + 1
         last = self._step_index == len(self.timesteps)
-        if kind == "request" and last or kind == "done" and not last:
+        if (result is None) == last:
             self._cancel()
             raise RuntimeError(f"{type(self).__name__}: the solver's model calls do not match the planned "
-                               f"timesteps ({kind!r} after {k + 1} of {len(self.timesteps)} calls)")
-        if kind == "done":
+                               f"timesteps (after {k + 1} of {len(self.timesteps)} calls)")
+        if result is not None:
             final_sigma = float(self.sigmas[-1])
-            prev = payload if final_sigma == 0 else payload * self._coefficient(final_sigma)
+            if not executor.all_finite(result):
+                self._cancel()
+                raise FloatingPointError("sampling produced NaN or Inf: a model output contained non-finite values")
+            prev = result if final_sigma == 0 else result * self._coefficient(final_sigma)
+            self._run = None
         else:
-            prev = payload
+            prev = run.pending[0]
         self._returned = prev
-        denoised = self._run.denoised
+        denoised = run.denoised
         if not return_dict:
             return (prev,)
         return FastintSchedulerOutput(prev_sample=prev, pred_original_sample=denoised)
 
     def _cancel(self):
         if self._run is not None:
-            self._run.cancel()
+            self._run.close()
             self._run = None
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The model-coordinate noisy sample at training ``timesteps`` (VP: sqrt(ab) x0 + sqrt(1 - ab) noise; flow:

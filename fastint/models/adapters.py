@@ -119,7 +119,7 @@ class _Adapter:
 
     def __setattr__(self, name, value):
         """Setting a public attribute after construction (``quantize``, ``prediction_type``, ...) drops the memoised
-        host plans and timestep batches and bumps ``revision`` (the planned loop's memo key), so the change takes
+        host plans and timestep batches and bumps ``revision`` (the executor's memo key), so the change takes
         effect. (Schedules are read at construction: build a new adapter for new ``alphas_cumprod``.)"""
         super().__setattr__(name, value)
         if not name.startswith("_") and name != "revision" and "_plans" in self.__dict__:

@@ -185,9 +185,8 @@ def _run(call: FusedStepCall) -> None:
 
 
 def _raw():
-    """``fastint._C.fused_step`` (the same op without the boxed argument path, ``csrc/python_entry.cpp``); the
-    dispatcher overload for a build that predates it."""
-    return getattr(module(), "fused_step", None) or torch.ops.fastint.fused_step.default
+    """``fastint._C.fused_step``: the same op without the boxed argument path (``csrc/python_entry.cpp``)."""
+    return module().fused_step
 
 
 registry.register(registry.Backend(

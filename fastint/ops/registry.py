@@ -108,7 +108,7 @@ def remember_choice(key: tuple, backend: Backend) -> Tuple[Backend, Callable[...
 def op_memo(key: tuple) -> Dict[tuple, Tuple[Backend, Callable[..., None]]]:
     """A dict, the same for every call with this ``key`` (a ``choice_key``), in which a caller that runs many calls
     of a few kinds keeps the ``(backend, raw op)`` of each kind once a call of that kind went through
-    ``remember_choice`` (the planned sampling loop: no per-run lookup of the choice); emptied with the choices by
+    ``remember_choice`` (the executor's replay: no per-run lookup of the choice); emptied with the choices by
     ``register``."""
     memo = _OP_MEMOS.get(key)
     if memo is None:

@@ -23,7 +23,19 @@ def get_solver(name: str, **options) -> Solver:
 
 
 def list_solvers() -> List[dict]:
-    """Every solver with its order, model evaluations per step, stochasticity and options with defaults."""
-    return [{"name": cls.name, "order": cls.order, "nfe_per_step": cls.nfe_per_step, "stochastic": cls.stochastic,
+    """Every solver with its order (a number; ``order_note`` says more), model evaluations (``nfe(steps)`` with the
+    default options, a function; ``nfe_per_step`` as text), stochasticity and options with defaults."""
+    return [{"name": cls.name, "order": cls.order, "order_note": cls.order_note, "nfe": _nfe(cls),
+             "nfe_per_step": cls.nfe_per_step, "stochastic": cls.stochastic,
              "options": {k: opt.default for k, opt in cls.options.items()}, "summary": cls.summary}
             for cls in SOLVERS.values()]
+
+
+def _nfe(cls: Type[Solver]):
+    """``steps -> model evaluations`` of ``cls`` with its default options (guided solvers get a stand-in guidance
+    function: guidance evaluations are not model evaluations)."""
+    try:
+        solver = cls()
+    except ValueError:   # guided solvers need a guidance function; its evaluations are not model evaluations
+        solver = cls(guidance=lambda x, sigma: x)
+    return solver.nfe

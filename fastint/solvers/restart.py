@@ -49,13 +49,14 @@ the same interval, which is not what Restart wants: give one that draws fresh no
 Every churn, jump, Euler predictor and Heun corrector is one fused-op call.
 """
 
-import copy
 import json
 import math
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
 from .base import Option, Solver, non_negative
+from .edm import churned, heun_step
+from .program import Denoise, NoiseEvent, Report, combine, shifted_reports
 from .restart_presets import PRESETS
 
 DETERMINISTIC = ("heun", "euler", "ddim", "dpmpp_2m", "dpmpp_3m")
@@ -205,7 +206,8 @@ def _gamma_check(v):
 
 class Restart(Solver):
     name = "restart"
-    order = "2 (main pass and inner steps: Heun)"
+    order = 2
+    order_note = "2 (main pass and inner steps: Heun)"
     nfe_per_step = "2 (1 on the last step to 0) + 2 (N_restart - 1) K per restart interval"
     stochastic = True
     summary = ("Restart sampling (Heun main pass + forward jumps + churned inner Heun); intervals from restart_list "
@@ -263,43 +265,25 @@ class Restart(Solver):
     def plan(self, sigmas: Sequence[float]) -> Dict[int, RestartInterval]:
         return plan_restart(sigmas, self.intervals, self.a1111, self.config["rho"])
 
-    # -- one Heun / Euler step with churn ----------------------------------------------------------------------
-    def _step(self, ctx, x, s, t, gamma, counter, step_id, second_order):
-        s_noise = self.config["s_noise"]
-        s_hat = s * (1 + gamma) if gamma > 0 else s
-        if gamma > 0 and s_noise > 0:
-            event = ctx.noise_event(counter, [(s_hat, s)])
-            x = ctx.combine([(1.0, x)], noise=(event, [s_noise * math.sqrt(s_hat ** 2 - s ** 2)]), inplace=x)
-        denoised = ctx.denoise(x, s_hat)
-        ctx.report(step_id, x, s, s_hat, denoised)
-        if t == 0 or not second_order:
-            return ctx.combine([(t / s_hat, x), (1 - t / s_hat, denoised)], inplace=x)
-        x_2 = ctx.combine([(t / s_hat, x), (1 - t / s_hat, denoised)])
-        denoised_2 = ctx.denoise(x_2, t)
-        half_dt = (t - s_hat) / 2
-        return ctx.combine([(1 + half_dt / s_hat, x), (-half_dt / s_hat, denoised),
-                            (half_dt / t, x_2), (-half_dt / t, denoised_2)], inplace=x)
+    def _step(self, x, s, t, gamma, counter, step_id, second_order):
+        """Program fragment: one churned Heun (or Euler) step from s to t."""
+        x, s_hat = yield from churned(x, s, gamma, self.config["s_noise"], counter)
+        denoised = yield Denoise(x, s_hat, fuse=False)
+        yield Report(step_id, x, s, s_hat, denoised)
+        return (yield from heun_step(x, denoised, s_hat, t, second_order))
 
-    def _segment(self, ctx, x, solver_name, grid, step_id):
-        """Run another deterministic solver down ``grid`` on a child context (nfe, callback offset, ownership)."""
+    @staticmethod
+    def _segment(x, solver_name, grid, step_id):
+        """Program fragment: another deterministic solver down ``grid`` (its reports numbered from ``step_id``)."""
         from . import get_solver
-        child = copy.copy(ctx)
-        child.sigmas = [float(v) for v in grid]
-        if ctx.callback is not None:
-            child.callback = lambda d: ctx.callback({**d, "i": d["i"] + step_id})
-        x = get_solver(solver_name).run(child, x)
-        ctx.nfe = child.nfe
+        x = yield from shifted_reports(get_solver(solver_name).program([float(v) for v in grid], x), step_id)
         return x, step_id + len(grid) - 1
 
-    def run(self, ctx, x):
+    def program(self, sigmas, x):
         cfg = self.config
-        sigmas = ctx.sigmas
         plan = self.plan(sigmas)
-        n_main = ctx.steps
+        n_main = len(sigmas) - 1
         main, inner = cfg["main_solver"], cfg["inner_solver"]
-        if ctx.progress_bar is not None:
-            ctx.progress_bar.total = n_main + sum(r.times * (r.n_restart - 1) for r in plan.values())
-            ctx.progress_bar.refresh()
         base, event, step_id = len(sigmas), 0, 0
         stops = sorted(plan) + ([n_main] if n_main not in plan else [])
         start = 0
@@ -310,28 +294,28 @@ class Restart(Solver):
                     s = sigmas[i]
                     gamma = (min(cfg["s_churn"] / n_main, math.sqrt(2) - 1)
                              if cfg["s_churn"] > 0 and cfg["s_min"] <= s <= cfg["s_max"] else 0.0)
-                    x = self._step(ctx, x, s, sigmas[i + 1], gamma, i, step_id, main == "heun")
+                    x = yield from self._step(x, s, sigmas[i + 1], gamma, i, step_id, main == "heun")
                     step_id += 1
             else:
-                x, step_id = self._segment(ctx, x, main, sigmas[start:stop + 1], step_id)
+                x, step_id = yield from self._segment(x, main, sigmas[start:stop + 1], step_id)
             start = stop
             interval = plan.get(stop)
             if interval is None:
                 continue
             jump = cfg["s_noise"] * math.sqrt(interval.t_max ** 2 - interval.t_min ** 2)
             for _ in range(interval.times):
-                noise = (ctx.noise_event(base + event, [(interval.t_min, interval.t_max)]), [jump])
-                x = ctx.combine([(1.0, x)], noise=noise, inplace=x)
+                noise = (NoiseEvent(base + event, [(interval.t_min, interval.t_max)]), [jump])
+                x = yield combine([(1.0, x)], noise)
                 event += 1
                 if inner in CHURNABLE:
                     for j in range(interval.n_restart - 1):
                         s = interval.grid[j]
                         gamma = self.gamma if cfg["s_min"] <= s <= cfg["s_max"] else 0.0
-                        x = self._step(ctx, x, s, interval.grid[j + 1], gamma, base + event, step_id,
-                                       inner == "heun")
+                        x = yield from self._step(x, s, interval.grid[j + 1], gamma, base + event, step_id,
+                                                  inner == "heun")
                         event += 1
                         step_id += 1
                 else:
-                    x, step_id = self._segment(ctx, x, inner, interval.grid, step_id)
+                    x, step_id = yield from self._segment(x, inner, interval.grid, step_id)
                     event += interval.n_restart - 1
         return x

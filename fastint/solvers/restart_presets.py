@@ -21,8 +21,6 @@ Two forms of interval are in use (both accepted by the ``restart`` solver, see `
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-import torch
-
 from .. import schedules
 
 
@@ -39,7 +37,7 @@ class RestartPreset:
     churn: Dict[str, float] = field(default_factory=dict)   # s_noise, s_min, s_max, restart_gamma
     nfe: Optional[int] = None            # NFE of the published setting (2N - 1 + sum K 2 (N_restart - 1))
 
-    def sigmas(self, steps: Optional[int] = None) -> torch.Tensor:
+    def sigmas(self, steps: Optional[int] = None) -> "torch.Tensor":  # noqa: F821 (schedules' float64 tensor)
         """The main grid: Karras (rho 7) from sigma_max to sigma_min with ``steps`` steps, then 0."""
         steps = steps or self.steps
         if steps is None:

@@ -19,11 +19,9 @@ SEEDS-3 call reads (x, D, D_3) and regenerates z_1, z_2, z_3 in-kernel instead o
 
 import math
 
-from .base import Option, Solver, non_negative, one_of, unit_interval_open
+from .base import NOISE_OPTIONS, Option, Solver, one_of, unit_interval_open
 from .coefficients import brownian_stage_noise, log_step, phi2
-
-NOISE_OPTIONS = {"eta": Option(1.0, non_negative, "a finite number >= 0"),
-                 "s_noise": Option(1.0, non_negative, "a finite number >= 0")}
+from .program import Denoise, NoiseEvent, Report, combine
 
 
 class _Seeds(Solver):
@@ -36,23 +34,23 @@ class _Seeds(Solver):
         """[(coef, D)] of stage ``stage`` (1-based among the intermediate stages, 0 = final)."""
         raise NotImplementedError
 
-    def run(self, ctx, x):
+    def program(self, sigmas, x):
         eta, s_noise = self.config["eta"], self.config["s_noise"]
         fractions = self.stage_fractions()
-        for i in range(ctx.steps):
-            s, t = ctx.sigmas[i], ctx.sigmas[i + 1]
-            denoised = ctx.denoise(x, s)
-            ctx.report(i, x, s, s, denoised)
+        for i in range(len(sigmas) - 1):
+            s, t = sigmas[i], sigmas[i + 1]
+            denoised = yield Denoise(x, s, fuse=False)
+            yield Report(i, x, s, s, denoised)
             if t == 0:
-                x = ctx.combine([(1.0, denoised)], inplace=x)
+                x = yield combine([(1.0, denoised)])
                 continue
             h = log_step(s, t)
             h_eta = (1 + eta) * h
             points = fractions + [1.0]
             sigmas_at = [s * math.exp(-r * h) for r in points]
             noisy = eta > 0 and s_noise > 0
-            event = ctx.noise_event(i, [(s if j == 0 else sigmas_at[j - 1], sigmas_at[j])
-                                        for j in range(len(points))]) if noisy else None
+            event = NoiseEvent(i, [(s if j == 0 else sigmas_at[j - 1], sigmas_at[j])
+                                   for j in range(len(points))]) if noisy else None
             derived = [denoised]
             for j, r in enumerate(points):
                 sigma_r = sigmas_at[j]
@@ -62,16 +60,17 @@ class _Seeds(Solver):
                 if noisy:
                     noise = (event, [sigma_r * s_noise * c for c in brownian_stage_noise(points[:j + 1], eta * h)])
                 if r < 1:
-                    stage_x = ctx.combine(terms, noise=noise)
-                    derived.append(ctx.denoise(stage_x, sigma_r))
+                    stage_x = yield combine(terms, noise)
+                    derived.append((yield Denoise(stage_x, sigma_r, fuse=False)))
                 else:
-                    x = ctx.combine(terms, noise=noise, inplace=x)
+                    x = yield combine(terms, noise)
         return x
 
 
 class Seeds1(_Seeds):
     name = "seeds_1"
-    order = "1"
+    order = 1
+    order_note = "1"
     nfe_per_step = "1"
     summary = "SEEDS-1 (= DPM-Solver++(1) SDE)"
     options = NOISE_OPTIONS
@@ -82,7 +81,8 @@ class Seeds1(_Seeds):
 
 class Seeds2(_Seeds):
     name = "seeds_2"
-    order = "2 (ODE, eta = 0); 1 strong (SDE)"
+    order = 2
+    order_note = "2 (ODE, eta = 0); 1 strong (SDE)"
     nfe_per_step = "2 (1 on the last step to 0)"
     summary = "SEEDS-2 (ComfyUI sample_seeds_2), phi_1 or phi_2 final combination"
     options = {**NOISE_OPTIONS, "r": Option(0.5, unit_interval_open, "a number in (0, 1)"),
@@ -104,7 +104,8 @@ class Seeds2(_Seeds):
 
 class Seeds3(_Seeds):
     name = "seeds_3"
-    order = "3 (ODE, eta = 0); 1 strong (SDE)"
+    order = 3
+    order_note = "3 (ODE, eta = 0); 1 strong (SDE)"
     nfe_per_step = "3 (1 on the last step to 0)"
     summary = "SEEDS-3 (ComfyUI sample_seeds_3), stages at r_1, r_2"
     options = {**NOISE_OPTIONS, "r_1": Option(1 / 3, unit_interval_open, "a number in (0, 1)"),

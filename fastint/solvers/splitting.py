@@ -37,22 +37,24 @@ On a last step to sigma = 0 PLMS keeps its formula (x + dg eps_mixed). No noise.
 split methods is the model's own; the ``plms`` history holds the guided eps (as the baseline of the paper).
 
 The guidance is ``guidance=fn(x, sigma_batch) -> grad_x log p(y | x)`` or ``classifier=fn(x, sigma_batch) -> logits``
-with ``labels`` (gradient by autograd, ``fastint.solvers.guidance``); ``guidance_scale`` is w. ``plms`` without
+with ``labels`` (gradient by autograd, ``fastint.guidance``); ``guidance_scale`` is w. ``plms`` without
 guidance is plain PLMS; ``lie_trotter`` and ``strang`` require it.
 """
 
-import torch
+from numbers import Integral
 
-from ..ops import fused_step
-from .base import Option, Solver, all_finite, non_negative, one_of
-from .guidance import classifier_guidance
+from .base import Option, Solver, non_negative, one_of
+from .edm import heun_step
+from ..guidance import classifier_guidance
+from .program import Combine, Denoise, Gradient, Report, combine
 
 AB_WEIGHTS = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12),
               4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
 
 
 def _labels_ok(v):
-    return v is None or isinstance(v, (int, torch.Tensor, list, tuple)) and not isinstance(v, bool)
+    """None, an int, a sequence or an integer tensor (anything with a ``dtype``; checked when guidance runs)."""
+    return v is None or (isinstance(v, (Integral, list, tuple)) or hasattr(v, "dtype")) and not isinstance(v, bool)
 
 
 GUIDANCE_OPTIONS = {
@@ -85,90 +87,49 @@ class _Guided(Solver):
         if self.needs_guidance and self.guidance_fn is None:
             raise ValueError(f"solver {self.name!r} needs guidance=fn(x, sigma) -> grad_x log p(y | x) or "
                              "classifier=fn(x, sigma) -> logits with labels=...")
-        self.guidance_calls = 0
 
     def uses_noise(self) -> bool:
         return False
 
-    def gradient(self, ctx, x, sigma: float) -> torch.Tensor:
-        """One guidance evaluation G(x, sigma), checked like a model output."""
-        sigma_batch = torch.full((ctx.shape[0],), sigma, dtype=ctx.dtype, device=ctx.device)
-        grad = self.guidance_fn(x, sigma_batch)
-        self.guidance_calls += 1
-        if not isinstance(grad, torch.Tensor):
-            raise TypeError(f"the guidance function returned {type(grad).__name__}, expected a tensor shaped like x")
-        if grad.shape != ctx.shape or not grad.is_floating_point() or grad.device != ctx.device:
-            raise ValueError(f"the guidance function returned {tuple(grad.shape)} {grad.dtype} on {grad.device}; "
-                             f"expected grad_x log p(y | x) of shape {tuple(ctx.shape)}, floating point, on "
-                             f"{ctx.device}")
-        if ctx.check_finite == "step" and not all_finite(grad):
-            raise FloatingPointError(f"the guidance gradient at sigma={sigma:.6g} contains NaN or Inf")
-        return grad
-
-    def _plms(self, ctx, x, owned_x, denoised, grad_coef, grad, history, pool, s, t, k):
-        """x + dg AB(eps) with eps = (x - D)/s [+ grad_coef G]; writes (x_new, eps) in one fused call.
-
-        ``pool`` holds the views of one (1 + slots, *shape) buffer: slot 0 holds the state when the run's first update cannot be
-        written in place (the caller's x), slots 1.. the eps history (the newest eps overwrites the oldest once
-        the history is full: an exact alias of an input, which the op allows)."""
+    def _plms(self, x, denoised, grad_coef, grad, history, s, t, k):
+        """Program fragment: x + dg AB(eps) with eps = (x - D)/s [+ grad_coef G], and that eps, in one fused call
+        (two rows over x, D[, G] and the eps history); returns (new state, new eps history)."""
         weights = AB_WEIGHTS[min(self.config["order"], k + 1)]
         dg = t - s
         w0 = weights[0]
-        inputs = [x, denoised]
-        row_x = [1 + dg * w0 / s, -dg * w0 / s]
-        row_e = [1 / s, -1 / s]
+        row_x = [(1 + dg * w0 / s, x), (-dg * w0 / s, denoised)]
+        row_e = [(1 / s, x), (-1 / s, denoised)]
         if grad is not None:
-            inputs.append(grad)
-            row_x.append(dg * w0 * grad_coef)
-            row_e.append(grad_coef)
+            row_x.append((dg * w0 * grad_coef, grad))
+            row_e.append((grad_coef, grad))
         for w, eps in zip(weights[1:], history):
-            inputs.append(eps)
-            row_x.append(dg * w)
-            row_e.append(0.0)
-        slots = len(pool) - 1
-        eps_out = history[-1] if len(history) == slots else pool[1 + len(history)]
-        x_out = x if owned_x else pool[0]
-        fused_step(inputs, [row_x, row_e], out=[x_out, eps_out], backend=ctx.backend)
-        history = [eps_out] + [h for h in history if h is not eps_out]
-        return x_out, history[:slots]
+            row_x.append((dg * w, eps))
+        x, eps = yield Combine((tuple(row_x), tuple(row_e)))
+        return x, ([eps] + history)[:max(self.config["order"] - 1, 1)]
 
-    @staticmethod
-    def _heun(ctx, x, denoised, s, t):
-        """EDM Heun from (x, s) to t (Euler when t = 0): the predictor and the corrector are one call each."""
-        x_2 = ctx.combine([(t / s, x), (1 - t / s, denoised)], inplace=x if t == 0 else None)
-        if t == 0:
-            return x_2
-        denoised_2 = ctx.denoise(x_2, t)
-        half = (t - s) / 2
-        return ctx.combine([(1 + half / s, x), (-half / s, denoised), (half / t, x_2), (-half / t, denoised_2)],
-                           inplace=x)
-
-    def run(self, ctx, x):
+    def program(self, sigmas, x):
         w = self.config["guidance_scale"]
         guided = self.guidance_fn is not None and w != 0
-        buffer = torch.empty((1 + max(self.config["order"] - 1, 1), *ctx.shape), dtype=ctx.dtype, device=ctx.device)
-        pool = list(buffer.unbind(0))
         history = []
-        for i in range(ctx.steps):
-            s, t = ctx.sigmas[i], ctx.sigmas[i + 1]
+        for i in range(len(sigmas) - 1):
+            s, t = sigmas[i], sigmas[i + 1]
             dg = t - s
             grad, grad_coef = None, 0.0
             if self.split and guided:
                 frac = 1.0 if self.split == "lie_trotter" else 0.5
-                g = self.gradient(ctx, x, s)
-                x = ctx.combine([(1.0, x), (-frac * dg * s * w, g)], inplace=x)
+                g = yield Gradient(self.guidance_fn, x, s)
+                x = yield combine([(1.0, x), (-frac * dg * s * w, g)])
             elif guided:
-                grad, grad_coef = self.gradient(ctx, x, s), -s * w
-            denoised = ctx.denoise(x, s)
-            ctx.report(i, x, s, s, denoised)
+                grad, grad_coef = (yield Gradient(self.guidance_fn, x, s)), -s * w
+            denoised = yield Denoise(x, s, fuse=False)
+            yield Report(i, x, s, s, denoised)
             if self.config.get("diffusion_solver") == "heun":
-                x = self._heun(ctx, x, denoised, s, t)
+                x = yield from heun_step(x, denoised, s, t)
             else:
-                x, history = self._plms(ctx, x, ctx.owns(x) or x is pool[0], denoised, grad_coef, grad, history,
-                                        pool, s, t, i)
+                x, history = yield from self._plms(x, denoised, grad_coef, grad, history, s, t, i)
             if self.split == "strang" and guided and t > 0:
-                g = self.gradient(ctx, x, t)
-                x = ctx.combine([(1.0, x), (-0.5 * dg * t * w, g)], inplace=x)
+                g = yield Gradient(self.guidance_fn, x, t)
+                x = yield combine([(1.0, x), (-0.5 * dg * t * w, g)])
         return x
 
 
@@ -180,7 +141,8 @@ SPLIT_OPTIONS = {**GUIDANCE_OPTIONS,
 
 class PLMS(_Guided):
     name = "plms"
-    order = "4 (Adams-Bashforth on the eps history; 2 on non-uniform sigma grids)"
+    order = 4
+    order_note = "4 (Adams-Bashforth on the eps history; 2 on non-uniform sigma grids)"
     nfe_per_step = "1 (+ 1 guidance gradient)"
     summary = "PLMS (Adams-Bashforth on eps), optional classifier guidance added to eps (the unsplit baseline)"
     needs_guidance = False
@@ -188,7 +150,8 @@ class PLMS(_Guided):
 
 class LieTrotter(_Guided):
     name = "lie_trotter"
-    order = "1"
+    order = 1
+    order_note = "1"
     nfe_per_step = "1 (+ 1 guidance gradient)"
     summary = "Lie-Trotter splitting for classifier guidance (LTSP): Euler guidance step, then PLMS"
     split = "lie_trotter"
@@ -197,7 +160,8 @@ class LieTrotter(_Guided):
 
 class Strang(_Guided):
     name = "strang"
-    order = "2 with exact or heun sub-solves; 1 with the PLMS eps history (default)"
+    order = 1
+    order_note = "2 with exact or heun sub-solves; 1 with the PLMS eps history (default)"
     nfe_per_step = "1 (+ 2 guidance gradients)"
     summary = "Strang splitting for classifier guidance (STSP): half guidance, PLMS, half guidance at the new point"
     split = "strang"

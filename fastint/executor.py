@@ -1,0 +1,630 @@
+"""The executor: the one place where a sampling run touches tensors.
+
+Every solver is a host program (``fastint.solvers.program``). A run is
+
+1. **recorded**: the program runs once with integer handles (``program.record``): the requests never depend on
+   tensor values, so the recording is the whole run; it is memoised per (solver, options, sigmas);
+2. **lowered** for the model at hand (``_lower``, memoised per adapter, solver, sigmas and noise mode): with a
+   fastint adapter that has a host path (``host_plan``: the network sees ``c_in x`` at timestep ``t`` and
+   ``D = c_skip x + c_out F``), a ``Denoise(fuse=True)`` keeps D as its parts ``(x, F)`` and every combination
+   reading it is expanded and merged into one coefficient row per output (float64, on the host); a combination
+   whose result is next denoised that way also writes ``c_in x`` as a second row (the next network input, no op
+   of its own). Coefficients are merged per input in order of appearance, zero ones dropped, and checked finite.
+   State buffers are assigned by liveness (a state's buffer is reused once nothing reads it any more; an exact
+   alias of an input is allowed by the op); every network input gets memory of its own (a network may keep its
+   input or return a view of it);
+3. **replayed** (``_execute``): per request one model call or one fused-op call, with the coefficient rows, the
+   buffers and the op of each kind of call found before the first network call (``registry.op_memo`` keeps the
+   raw op per kind across runs).
+
+``_execute`` is a generator that yields each network evaluation (model input, timestep batch, state) and receives
+the output: ``run`` answers it by calling the network in the caller's thread; ``FastintScheduler`` answers it from
+diffusers' ``step``. So ``fastint.sample``, the k-diffusion drop-ins, the CLI, ``fastint.cuda_graph`` and the
+diffusers scheduler run the same code.
+
+**Model outputs kept across a later write.** A model output that a later request still reads after the next model
+evaluation (a multistep history, Heun's first D) is copied when its storage can change under it: when anyone but
+the executor holds the tensor or its storage (a network returning the same buffer every call, as CUDA-graph or
+``torch.compile(mode="reduce-overhead")`` models do; a view of its input; an output written in place into a
+buffer the network keeps). The test is two reference counts (~1 us); a fresh output is never copied.
+
+**Gradients.** The fused op is differentiable (``fastint.ops.autograd``). With grad mode on, a combination whose
+inputs require grad (x, a model output, a tensor the model closed over) writes fresh tensors instead of the run's
+buffers, and a network input is computed out of place: autograd may keep any earlier state for the backward pass,
+so nothing it records is overwritten. Without grad the replay is unchanged.
+"""
+
+import functools
+import math
+import operator
+import sys
+import weakref
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+
+from .models.adapters import check_output_shape, output_tensor
+from .ops import extension, registry
+from .ops.contract import KERNEL_DTYPES, MAX_INPUTS, validate
+from .solvers.program import Combine, Denoise, Gradient, Report, Tape, record
+
+# -- finiteness ------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_all_finite() -> Optional[Callable[[torch.Tensor], bool]]:
+    """The compiled extension's ``all_finite``, or None when the extension is not usable."""
+    return None if extension.load() else extension.module().all_finite
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every element of ``t`` is finite. With the compiled extension, a plain tensor is checked by
+    ``fastint._C.all_finite`` (a contiguous CPU float tensor: one scan of its exponent bits, ~3 instead of ~30 us
+    between network calls on a CPU). Otherwise a finite sum proves it (a NaN or an infinity makes the sum NaN or
+    infinite): one reduction instead of ``isfinite`` + ``all``; only a non-finite sum, which finite values can also
+    give by overflow, is settled element by element."""
+    compiled = _compiled_all_finite()
+    if compiled is not None and type(t) is torch.Tensor:
+        return compiled(t)
+    return math.isfinite(t.sum().item()) or bool(torch.isfinite(t).all())
+
+
+# -- who else holds a model output -----------------------------------------------------------------------------
+
+
+def _reference_counts(t: torch.Tensor) -> Tuple[int, int]:
+    """(Python references to ``t``, references to its storage), as seen from the caller of this function."""
+    return sys.getrefcount(t), torch._C._storage_Use_Count(t.untyped_storage()._cdata)
+
+
+def _calibrate_local() -> Tuple[int, int]:
+    output = torch.empty(1)
+    return _reference_counts(output)
+
+
+def _probe():
+    output = yield
+    yield _reference_counts(output)   # the structure of ``_execute`` receiving an output from ``drive``'s caller
+
+
+def _calibrate_sent() -> Tuple[int, int]:
+    probe = _probe()
+    next(probe)
+    output = torch.empty(1)
+    return probe.send(output)
+
+
+# what ``_reference_counts`` gives for a tensor that only the executor holds: a local variable of ``_execute``
+# (model called there), or that variable plus the caller's that sent it in (``drive``: the diffusers scheduler)
+_LOCAL, _SENT = _calibrate_local(), _calibrate_sent()
+
+
+# -- lowering --------------------------------------------------------------------------------------------------
+
+FUSED, SPLIT, ADAPTER, PLAIN = range(4)      # how a Denoise evaluates the model (see _lower)
+FROM_STATE, STAGED, SCALED = range(3)        # where a network input comes from
+DENOISE, COMBINE, REPORT, GRADIENT = range(4)
+
+
+class Plan:
+    """A lowered run: ``instructions`` over value slots (slot 0: the initial state), ``result`` slot, buffers."""
+
+    __slots__ = ("instructions", "silent", "slots", "result", "state_buffers", "input_buffers", "timesteps",
+                 "reports", "evaluations")
+
+    def __init__(self, **kw):
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+
+def _host_plans(model) -> Optional[Callable[[float], Optional[tuple]]]:
+    return getattr(model, "host_plan", None) if getattr(model, "denoise_at", None) is not None else None
+
+
+def _merge(terms, parts: Dict[int, tuple]) -> List[list]:
+    """``[[coef, slot], ...]``: the terms with fused D handles expanded into their parts, merged per slot in order
+    of appearance (symbolic terms first, then per slot, each sum starting at 0.0)."""
+    symbolic: Dict[int, list] = {}
+    for coef, handle in terms:
+        entry = symbolic.setdefault(handle, [0.0, handle])
+        entry[0] += float(coef)
+    merged: Dict[int, list] = {}
+    for coef, handle in symbolic.values():
+        for part_coef, slot in parts.get(handle, ((None, handle),)):
+            entry = merged.setdefault(slot, [0.0, slot])
+            entry[0] += coef if part_coef is None else coef * part_coef
+    return list(merged.values())
+
+
+def _lower(tape: Tape, host_plan, injected: bool, adapter: bool) -> Plan:
+    """Turn a recording into instructions for one model kind (see the module docstring)."""
+    entries = tape.entries
+    plans = {}
+    if host_plan is not None:
+        for request, _ in entries:
+            if type(request) is Denoise:
+                plans[request.sigma] = host_plan(request.sigma)
+
+    def fused(request) -> bool:
+        return request.fuse and plans.get(request.sigma) is not None
+
+    # D as parts only when every combination still fits the op's inputs (with injected noise tensors)
+    parts_of = {}
+    for request, outs in entries:
+        if type(request) is Denoise and fused(request):
+            _, c_skip, c_out, _ = plans[request.sigma]
+            parts_of[outs[0]] = ((c_skip, request.state), (c_out, ("F", outs[0])))
+    fuse_all = True
+    for request, _ in entries:
+        if type(request) is Combine:
+            width = len({slot for row in request.rows for _, slot in _merge(row, parts_of)})
+            noise = len(request.noise[1]) if injected and request.noise is not None else 0
+            if width + noise > MAX_INPUTS:
+                fuse_all = False
+    if not fuse_all:
+        parts_of = {}
+
+    # slots: handles keep their number; F of a fused D and staged inputs get new ones
+    next_slot = [max([o for _, outs in entries for o in outs] + [tape.result, 0]) + 1]
+
+    def new_slot():
+        next_slot[0] += 1
+        return next_slot[0] - 1
+
+    f_slot = {h: new_slot() for h in parts_of}
+    parts = {h: tuple((c, f_slot[h] if isinstance(s, tuple) else s) for c, s in p) for h, p in parts_of.items()}
+
+    # which combination writes the next network input: a step update (it reads a fused D) whose output's next reader
+    # is a fused Denoise with c_in != 1
+    stage_for: Dict[int, Tuple[int, float]] = {}   # entry index of the combine -> (denoise entry index, c_in)
+    producer = {}
+    for index, (request, outs) in enumerate(entries):
+        kind = type(request)
+        reads = []
+        if kind is Combine:
+            reads = [h for row in request.rows for _, h in row]
+        elif kind in (Denoise, Gradient):
+            reads = [request.state]
+        elif kind is Report:
+            reads = [request.state, request.denoised]
+        if kind is Denoise and request.state in producer and outs[0] in parts:
+            c_in = plans[request.sigma][0]
+            combine_index = producer.pop(request.state)
+            if c_in != 1.0 and len(entries[combine_index][1]) == 1:
+                stage_for[combine_index] = (index, c_in)
+        for h in reads:
+            producer.pop(h, None)
+        if kind is Combine and len(outs) == 1 and any(h in parts for row in request.rows for _, h in row):
+            producer[outs[0]] = index    # a step update (it reads a model output): its result is denoised next
+
+    events: Dict[int, int] = {}
+    instructions, timesteps, staged_slot = [], [], {}
+    evaluations = reports = 0
+    for index, (request, outs) in enumerate(entries):
+        kind = type(request)
+        if kind is Denoise:
+            evaluations += 1
+            plan = plans.get(request.sigma)
+            if outs[0] in parts:
+                mode = FUSED
+            elif plan is not None:
+                mode = SPLIT
+            else:
+                mode = ADAPTER if adapter else PLAIN
+            c_in, c_skip, c_out, t = plan if plan is not None else (1.0, 1.0, 0.0, None)
+            source, input_slot = FROM_STATE, request.state
+            if mode in (FUSED, SPLIT) and c_in != 1.0:
+                source, input_slot = (STAGED, staged_slot.pop(index)) if index in staged_slot else (SCALED, None)
+            t_index = None
+            if mode in (FUSED, SPLIT):
+                t_index = len(timesteps)
+                timesteps.append(t)
+            out = f_slot[outs[0]] if mode == FUSED else outs[0]
+            instructions.append([DENOISE, mode, request.state, source, input_slot, out, request.sigma, c_in,
+                                 c_skip, c_out, t_index, evaluations, False])
+        elif kind is Combine:
+            rows = [_merge(row, parts) for row in request.rows]
+            order = []
+            for row in rows:
+                for _, slot in row:
+                    if slot not in order:
+                        order.append(slot)
+            matrix = [[0.0] * len(order) for _ in rows]
+            for m, row in enumerate(rows):
+                for coef, slot in row:
+                    matrix[m][order.index(slot)] = coef
+            keep = [n for n in range(len(order)) if any(matrix[m][n] != 0.0 for m in range(len(rows)))] or [0]
+            inputs = [order[n] for n in keep]
+            matrix = [[r[n] for n in keep] for r in matrix]
+            noise_coeffs, num_noise, counter, draws = [], 0, 0, ()
+            if request.noise is not None and any(c != 0.0 for c in request.noise[1]):
+                event, noise_coeffs = request.noise[0], list(request.noise[1])
+                if injected:
+                    event_index = events.setdefault(id(event), len(events))
+                    draws = tuple((event_index, k, event.intervals[k]) for k in range(len(noise_coeffs)))
+                else:
+                    num_noise, counter = len(noise_coeffs), event.counter
+            flat = []
+            for m, row in enumerate(matrix):
+                flat += row + (noise_coeffs if m == 0 else [0.0] * len(noise_coeffs))
+            out_slots = list(outs)
+            if index in stage_for:
+                _, c_in = stage_for[index]
+                staged = new_slot()
+                staged_slot[stage_for[index][0]] = staged
+                flat += [c_in * c for c in flat]
+                out_slots.append(staged)
+            if not all(math.isfinite(c) for c in flat):
+                raise ValueError(f"non-finite step coefficients {flat}: check the sigmas and solver options")
+            instructions.append([COMBINE, tuple(inputs), tuple(out_slots), None, flat, num_noise, counter, draws,
+                                 (len(inputs) + len(draws), len(out_slots), num_noise), index in stage_for])
+        elif kind is Report:
+            reports += 1
+            denoised = parts.get(request.denoised)
+            instructions.append([REPORT, request.i, request.state, request.sigma, request.sigma_hat,
+                                 denoised if denoised is not None else request.denoised])
+        else:
+            evaluations += 1
+            instructions.append([GRADIENT, request.fn, request.state, outs[0], request.sigma, evaluations, False])
+    _assign_buffers(instructions, tape.result)
+    for ins in instructions:
+        if ins[0] == COMBINE:
+            ins[1] = _picker(ins[1])
+            staged = ins[9]
+            assert not staged or len(ins[3]) == 2  # one state output and the network input it stages
+    instructions = [tuple(i) for i in instructions]
+    return Plan(instructions=instructions, silent=[i for i in instructions if i[0] != REPORT], slots=next_slot[0],
+                result=tape.result,
+                state_buffers=_count_buffers(instructions), input_buffers=sum(
+                    1 for i in instructions if (i[0] == DENOISE and i[3] == SCALED) or (i[0] == COMBINE and i[9])),
+                timesteps=tuple(timesteps), reports=reports, evaluations=evaluations)
+
+
+def _picker(slots: Tuple[int, ...]) -> Callable[[list], tuple]:
+    """``values -> tuple of values[s] for s in slots`` (an ``itemgetter``: no Python frame per call)."""
+    if len(slots) > 1:
+        return operator.itemgetter(*slots)
+    return lambda values, slot=slots[0]: (values[slot],)
+
+
+def _reads(ins) -> List[int]:
+    op = ins[0]
+    if op == COMBINE:
+        return list(ins[1])
+    if op == DENOISE:
+        return [ins[2]] + ([ins[4]] if ins[3] == STAGED else [])
+    if op == REPORT:
+        return [ins[2]] + ([s for _, s in ins[5]] if isinstance(ins[5], tuple) else [ins[5]])
+    return [ins[2]]
+
+
+def _assign_buffers(instructions: List[list], result: int) -> None:
+    """Give every combination output a state buffer (COMBINE's fourth field: buffer numbers, -1 for a network
+    input of its own) by liveness, and mark model outputs read after the next model evaluation (their twelfth /
+    seventh field: ``keep``, the executor then copies them if their storage can change)."""
+    last_read: Dict[int, int] = {result: len(instructions)}
+    readers: Dict[int, List[int]] = {}
+    for index, ins in enumerate(instructions):
+        for slot in _reads(ins):
+            last_read[slot] = index
+            if ins[0] != REPORT:
+                readers.setdefault(slot, []).append(index)
+    evaluations = [i for i, ins in enumerate(instructions) if ins[0] in (DENOISE, GRADIENT)]
+    for position, index in enumerate(evaluations):
+        ins = instructions[index]
+        uses = readers.get(ins[5] if ins[0] == DENOISE else ins[3], [])
+        next_evaluation = evaluations[position + 1] if position + 1 < len(evaluations) else len(instructions)
+        ins[12 if ins[0] == DENOISE else 6] = len(uses) > 1 or any(u > next_evaluation for u in uses)
+    holders: Dict[int, int] = {}     # buffer -> live slots in it
+    buffer_of: Dict[int, int] = {}
+    free: List[int] = []
+    count = 0
+    for index, ins in enumerate(instructions):
+        for slot in set(_reads(ins)):
+            if last_read.get(slot) == index and slot in buffer_of:
+                b = buffer_of.pop(slot)
+                holders[b] -= 1
+                if holders[b] == 0:
+                    free.append(b)
+        if ins[0] != COMBINE:
+            continue
+        outs = ins[2]
+        states = outs[:-1] if ins[9] else outs
+        chosen = []
+        for slot in states:
+            if free:
+                b = free.pop()
+            else:
+                b, count = count, count + 1
+            buffer_of[slot] = b
+            holders[b] = 1
+            if last_read.get(slot) is None:      # never read: free again after this call
+                buffer_of.pop(slot)
+                holders[b] = 0
+                free.append(b)
+            chosen.append(b)
+        ins[3] = tuple(chosen + ([-1] if ins[9] else []))
+
+
+def _count_buffers(instructions) -> int:
+    return max([b for ins in instructions if ins[0] == COMBINE for b in ins[3]] + [-1]) + 1
+
+
+_RECORDINGS: Dict[Any, Tape] = {}
+_LOWERED = weakref.WeakKeyDictionary()   # adapter -> {key: Plan}
+_PLAIN_LOWERED: Dict[Any, Plan] = {}
+_MEMO_SIZE = 64
+
+
+def _remember(memo: dict, key, value):
+    if len(memo) >= _MEMO_SIZE:
+        del memo[next(iter(memo))]
+    memo[key] = value
+    return value
+
+
+def recording(solver, sigmas: Sequence[float]) -> Tape:
+    """The solver's recorded program on ``sigmas`` (memoised when its options are hashable)."""
+    key = (solver.key(), tuple(sigmas))
+    try:
+        tape = _RECORDINGS.get(key)
+    except TypeError:
+        return record(solver.program(list(sigmas), 0))
+    if tape is None:
+        tape = _remember(_RECORDINGS, key, record(solver.program(list(sigmas), 0)))
+    return tape
+
+
+def lowered(solver, sigmas: Sequence[float], model, injected: bool) -> Plan:
+    """The lowered run of ``solver`` on ``sigmas`` for ``model`` (memoised per adapter and its ``revision``)."""
+    host_plan = _host_plans(model)
+    adapter = getattr(model, "denoise_at", None) is not None
+    try:
+        key = (solver.key(), tuple(sigmas), injected, getattr(model, "revision", None), adapter)
+        hash(key)
+    except TypeError:
+        return _lower(recording(solver, sigmas), host_plan, injected, adapter)
+    memo = _PLAIN_LOWERED
+    if host_plan is not None:
+        try:
+            memo = _LOWERED.get(model)
+            if memo is None:
+                memo = _LOWERED[model] = {}
+        except TypeError:   # a model object that takes no weak reference: no memo
+            return _lower(recording(solver, sigmas), host_plan, injected, adapter)
+    plan = memo.get(key)
+    if plan is None:
+        plan = _remember(memo, key, _lower(recording(solver, sigmas), host_plan, injected, adapter))
+    return plan
+
+
+# -- the run ---------------------------------------------------------------------------------------------------
+
+_PREALLOCATED_BYTES = 32 << 20   # a run's state buffers and network inputs allocated at once up to this size
+
+
+class Run:
+    """What one run needs besides its plan: the model, the state's layout, noise, callbacks, checks."""
+
+    def __init__(self, model, x: torch.Tensor, extra_args: Dict[str, Any], seeds: Optional[torch.Tensor],
+                 noise_sampler, backend: Optional[str], callback, check_finite: str, progress_bar=None):
+        self.model, self.extra_args, self.seeds = model, extra_args, seeds
+        self.noise_sampler, self.backend, self.callback = noise_sampler, backend, callback
+        self.check_finite, self.progress_bar = check_finite, progress_bar
+        self.shape, self.dtype, self.device = x.shape, x.dtype, x.device
+        self.name = type(model).__name__
+
+    def draw_injected_noise(self, sigma_a: float, sigma_b: float) -> torch.Tensor:
+        z = self.noise_sampler(sigma_a, sigma_b)
+        if not isinstance(z, torch.Tensor) or z.shape != self.shape or z.device != self.device:
+            raise ValueError(f"noise_sampler returned {getattr(z, 'shape', type(z))} on "
+                             f"{getattr(z, 'device', '?')}; expected a tensor of shape {tuple(self.shape)} on "
+                             f"{self.device}")
+        return z if z.is_contiguous() else z.contiguous()
+
+    def checked(self, out, sigma: float, evaluation: int, what: str = "the model") -> torch.Tensor:
+        """A model output checked like the state: a tensor of its shape, floating point, on its device (and finite
+        with ``check_finite='step'``), made contiguous."""
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"{what} returned {type(out).__name__}, expected a tensor shaped like x")
+        if out.shape != self.shape or not out.is_floating_point() or out.device != self.device:
+            raise ValueError(f"{what} returned {tuple(out.shape)} {out.dtype} on {out.device}; expected "
+                             f"{tuple(self.shape)} floating point on {self.device}")
+        if self.check_finite == "step" and not all_finite(out):
+            raise FloatingPointError(f"{what} output at sigma={sigma:.6g} (evaluation {evaluation}) "
+                                     "contains NaN or Inf")
+        return out if out.is_contiguous() else out.contiguous()
+
+    def network_output(self, f, sigma: float, evaluation: int) -> torch.Tensor:
+        """A fastint adapter's network output F: unwrapped, checked, in a dtype the op reads."""
+        if type(f) is not torch.Tensor:
+            f = output_tensor(self.name, f)
+        f = self.checked(check_output_shape(self.name, f, self.shape), sigma, evaluation)
+        return f if f.dtype == self.dtype or f.dtype in KERNEL_DTYPES else f.to(self.dtype)
+
+    def buffers(self, plan: Plan) -> Tuple[List[torch.Tensor], Iterator[torch.Tensor]]:
+        """The state buffers and an iterator over the network-input buffers (views of one block up to
+        ``_PREALLOCATED_BYTES``: an allocation between two network calls runs with cold caches)."""
+        total = plan.state_buffers + plan.input_buffers
+        per = math.prod(self.shape) * torch.empty((), dtype=self.dtype).element_size()
+        if total and total * per <= _PREALLOCATED_BYTES:
+            views = torch.empty((total,) + tuple(self.shape), dtype=self.dtype, device=self.device).unbind(0)
+            return list(views[:plan.state_buffers]), iter(views[plan.state_buffers:])
+        states = [torch.empty(self.shape, dtype=self.dtype, device=self.device) for _ in range(plan.state_buffers)]
+        return states, (torch.empty(self.shape, dtype=self.dtype, device=self.device)
+                        for _ in range(plan.input_buffers))
+
+    def first_op(self, key, outs, inputs, coeffs, seeds, counter, num_noise):
+        """Run the first call of a kind in this run (``key``: counts and, unless every tensor has the state's
+        dtype, the dtypes) and return ``(backend, raw op)`` for the later ones. The first call of a kind in the
+        process is validated and picks the backend (``registry.remember_choice``); later runs reuse the choice."""
+        process_key = registry.choice_key(key + (self.dtype, self.device.type), self.backend)
+        chosen = registry.remembered_choice(process_key)
+        if chosen is None:
+            width = len(coeffs) // len(outs)
+            call = validate(inputs, [coeffs[m * width:(m + 1) * width] for m in range(len(outs))], outs, seeds,
+                            counter, num_noise)
+            backend = registry.select(call, self.backend)
+            chosen = registry.remember_choice(process_key, backend)
+            backend.run(call)
+            return chosen
+        chosen[1](outs, inputs, coeffs, seeds, counter, num_noise)
+        return chosen
+
+    def op(self, ops: dict, outs, inputs, coeffs) -> None:
+        """A deterministic fused-op call outside the replayed instructions (a callback's materialised D)."""
+        key = (len(inputs), len(outs), 0) + tuple([t.dtype for t in inputs])
+        chosen = ops.get(key)
+        if chosen is None:
+            ops[key] = self.first_op(key, outs, inputs, coeffs, None, 0, 0)
+        else:
+            chosen[1](outs, inputs, coeffs, None, 0, 0)
+
+
+def _copy(t: torch.Tensor) -> torch.Tensor:
+    return t.clone(memory_format=torch.contiguous_format)
+
+
+def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] = None):
+    """Replay ``plan`` from ``x``; returns the final state (a buffer of the run). Each network evaluation of a
+    fastint adapter calls ``network`` or, when it is None, is yielded as ``(network input, timestep batch, state)``
+    and its output received."""
+    model, extra, seeds, dtype = run.model, run.extra_args, run.seeds, run.dtype
+    grad = torch.is_grad_enabled()
+    v: List[Any] = [None] * plan.slots
+    v[0] = x if x.is_contiguous() else x.contiguous()
+    states, inputs = run.buffers(plan)
+    t_batches = model.timestep_batches(v[0], plan.timesteps) if plan.timesteps else ()
+    ops = registry.op_memo(registry.choice_key((dtype, run.device.type), run.backend))
+    injected: Dict[Tuple[int, int], torch.Tensor] = {}
+    callback, bar, checked = run.callback, run.progress_bar, run.checked
+    shape, device = run.shape, run.device
+    careful = grad or run.check_finite == "step"   # every model output through the full checks
+    uniform = True      # every tensor so far has the state's dtype: an op's kind is its counts alone
+    if bar is not None:
+        bar.total = plan.reports
+        bar.refresh()
+    for ins in plan.instructions if callback is not None or bar is not None else plan.silent:
+        op = ins[0]
+        if op == COMBINE:
+            _, pick, outs, buffers, coeffs, num_noise, counter, draws, kind, staged = ins
+            tensors = pick(v)
+            if draws:
+                tensors = list(tensors)
+                for event, stream, interval in draws:
+                    z = injected.get((event, stream))
+                    if z is None:
+                        z = injected[(event, stream)] = run.draw_injected_noise(*interval)
+                        uniform = uniform and z.dtype == dtype
+                    tensors.append(z)
+            if grad and any(t.requires_grad for t in tensors):   # recorded: fresh outputs (see the docstring)
+                out_tensors = [torch.empty(shape, dtype=dtype, device=device) for _ in outs]
+            elif staged:
+                out_tensors = [states[buffers[0]], next(inputs)]
+            else:
+                out_tensors = [states[b] for b in buffers]
+            key = kind if uniform else kind + tuple([t.dtype for t in tensors])
+            chosen = ops.get(key)
+            if chosen is None:
+                ops[key] = run.first_op(key, out_tensors, tensors, coeffs, seeds if num_noise else None, counter,
+                                        num_noise)
+            else:
+                chosen[1](out_tensors, tensors, coeffs, seeds if num_noise else None, counter, num_noise)
+            if len(outs) == 1:
+                v[outs[0]] = out_tensors[0]
+            else:
+                for slot, t in zip(outs, out_tensors):
+                    v[slot] = t
+        elif op == DENOISE:
+            _, mode, state, source, input_slot, out, sigma, c_in, c_skip, c_out, t_index, evaluation, keep = ins
+            xs = v[state]
+            if mode <= SPLIT:                        # FUSED or SPLIT: the adapter's network, at c_in x
+                if source == STAGED:
+                    model_input = v[input_slot]
+                elif source == FROM_STATE:
+                    model_input = xs
+                elif grad and xs.requires_grad:
+                    model_input = xs * c_in
+                else:
+                    model_input = torch.mul(xs, c_in, out=next(inputs))
+                if network is not None:
+                    f = network(model_input, t_batches[t_index], **extra)
+                    if type(f) is not torch.Tensor:
+                        f = output_tensor(run.name, f)
+                    held = _LOCAL
+                else:
+                    f = yield model_input, t_batches[t_index], xs
+                    held = _SENT
+                if mode == FUSED:
+                    if careful or type(f) is not torch.Tensor or f.dtype != dtype or f.shape != shape \
+                            or f.device != device or not f.is_contiguous():
+                        f = run.network_output(f, sigma, evaluation)
+                    if keep:
+                        references, storage = _reference_counts(f)
+                        if references > held[0] or storage > held[1]:
+                            f = _copy(f)
+                    uniform = uniform and f.dtype == dtype
+                    v[out] = f
+                    continue
+                if type(f) is not torch.Tensor:
+                    f = output_tensor(run.name, f)
+                d = checked(model.to_state(xs, check_output_shape(run.name, f, shape), c_skip, c_out), sigma,
+                            evaluation)
+                del f
+            elif mode == PLAIN:
+                d = model(xs, torch.full((shape[0],), sigma, dtype=dtype, device=device), **extra)
+                d = checked(d, sigma, evaluation)
+            else:
+                d = checked(model.denoise_at(xs, sigma, **extra), sigma, evaluation)
+            if keep:
+                references, storage = _reference_counts(d)
+                if references > _LOCAL[0] or storage > _LOCAL[1]:
+                    d = _copy(d)
+            uniform = uniform and d.dtype == dtype
+            v[out] = d
+            del d
+        elif op == REPORT:
+            _, i, state, sigma, sigma_hat, denoised = ins
+            if callback is not None:
+                if isinstance(denoised, tuple):
+                    parts = [(c, s) for c, s in denoised if c != 0.0] or [denoised[0]]
+                    d = torch.empty(run.shape, dtype=dtype, device=run.device)
+                    run.op(ops, [d], [v[s] for _, s in parts], [c for c, _ in parts])
+                else:
+                    d = v[denoised]
+                callback({"x": v[state], "i": i, "sigma": sigma, "sigma_hat": sigma_hat, "denoised": d})
+            if bar is not None:
+                bar.update(1)
+        else:
+            _, fn, state, out, sigma, evaluation, keep = ins
+            g = fn(v[state], torch.full((run.shape[0],), sigma, dtype=dtype, device=run.device))
+            if not isinstance(g, torch.Tensor):
+                raise TypeError(f"the guidance function returned {type(g).__name__}, expected a tensor shaped like x")
+            if g.shape != run.shape or not g.is_floating_point() or g.device != run.device:
+                raise ValueError(f"the guidance function returned {tuple(g.shape)} {g.dtype} on {g.device}; "
+                                 f"expected grad_x log p(y | x) of shape {tuple(run.shape)}, floating point, on "
+                                 f"{run.device}")
+            if run.check_finite == "step" and not all_finite(g):
+                raise FloatingPointError(f"the guidance gradient at sigma={sigma:.6g} contains NaN or Inf")
+            g = g if g.is_contiguous() else g.contiguous()
+            if keep:
+                references, storage = _reference_counts(g)
+                if references > _LOCAL[0] or storage > _LOCAL[1]:
+                    g = _copy(g)
+            v[out] = g
+            del g
+    return v[plan.result]
+
+
+def run(plan: Plan, run_: Run, x: torch.Tensor) -> torch.Tensor:
+    """Replay ``plan`` calling the network of the fastint adapter (``run_.model.inner_model``) in this thread."""
+    try:
+        next(_execute(plan, run_, x, getattr(run_.model, "inner_model", None)))
+    except StopIteration as stop:
+        return stop.value
+    raise AssertionError("the executor yielded a network evaluation although it was given the network")
+
+
+def drive(plan: Plan, run_: Run, x: torch.Tensor):
+    """``_execute`` for a caller that evaluates the network itself (the diffusers scheduler)."""
+    return _execute(plan, run_, x)
