@@ -103,7 +103,7 @@ _LOCAL, _SENT = _calibrate_local(), _calibrate_sent()
 
 FUSED, SPLIT, ADAPTER, PLAIN = range(4)      # how a Denoise evaluates the model (see _lower)
 FROM_STATE, STAGED, SCALED = range(3)        # where a network input comes from
-DENOISE, COMBINE, REPORT, GRADIENT = range(4)
+DENOISE, COMBINE, REPORT, GRADIENT, STEP = range(5)   # STEP: a fused DENOISE and the COMBINE right after it
 
 
 class Plan:
@@ -273,11 +273,31 @@ def _lower(tape: Tape, host_plan, injected: bool, adapter: bool) -> Plan:
             staged = ins[9]
             assert not staged or len(ins[3]) == 2  # one state output and the network input it stages
     instructions = [tuple(i) for i in instructions]
-    return Plan(instructions=instructions, silent=[i for i in instructions if i[0] != REPORT], slots=next_slot[0],
+    return Plan(instructions=instructions, silent=_steps([i for i in instructions if i[0] != REPORT]),
+                slots=next_slot[0],
                 result=tape.result,
                 state_buffers=_count_buffers(instructions), input_buffers=sum(
                     1 for i in instructions if (i[0] == DENOISE and i[3] == SCALED) or (i[0] == COMBINE and i[9])),
                 timesteps=tuple(timesteps), reports=reports, evaluations=evaluations)
+
+
+def _steps(instructions: List[tuple]) -> List[tuple]:
+    """The instructions with each fused network evaluation and the combination right after it merged into one
+    STEP (the common step of a replay without callback: one pass through the loop between two network calls)."""
+    out, index = [], 0
+    while index < len(instructions):
+        ins = instructions[index]
+        after = instructions[index + 1] if index + 1 < len(instructions) else None
+        if ins[0] == DENOISE and ins[1] == FUSED and after is not None and after[0] == COMBINE and not after[7]:
+            _, _, state, source, input_slot, out_slot, sigma, c_in, _, _, t_index, evaluation, keep = ins
+            _, pick, outs, buffers, coeffs, num_noise, counter, _, kind, staged = after
+            out.append((STEP, state, source, input_slot, out_slot, sigma, c_in, t_index, evaluation, keep, pick,
+                        outs[0], len(outs) == 1, outs, buffers, coeffs, num_noise, counter, kind, staged))
+            index += 2
+        else:
+            out.append(ins)
+            index += 1
+    return out
 
 
 def _picker(slots: Tuple[int, ...]) -> Callable[[list], tuple]:
@@ -506,7 +526,49 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
         bar.refresh()
     for ins in plan.instructions if callback is not None or bar is not None else plan.silent:
         op = ins[0]
-        if op == COMBINE:
+        if op == STEP:
+            (_, state, source, input_slot, out, sigma, c_in, t_index, evaluation, keep, pick, first, single, outs,
+             buffers, coeffs, num_noise, counter, kind, staged) = ins
+            xs = v[state]
+            if source == STAGED:
+                model_input = v[input_slot]
+            elif source == FROM_STATE:
+                model_input = xs
+            else:
+                model_input = torch.mul(xs, c_in, out=next(inputs))
+            if network is not None:
+                f = network(model_input, t_batches[t_index], **extra)
+                if type(f) is not torch.Tensor:
+                    f = output_tensor(run.name, f)
+                held = _LOCAL
+            else:
+                f = yield model_input, t_batches[t_index], xs
+                held = _SENT
+            if careful or type(f) is not torch.Tensor or f.dtype != dtype or f.shape != shape \
+                    or f.device != device or not f.is_contiguous():
+                f = run.network_output(f, sigma, evaluation)
+                uniform = uniform and f.dtype == dtype
+            if keep:
+                references, storage = _reference_counts(f)
+                if references > held[0] or storage > held[1]:
+                    f = _copy(f)
+            v[out] = f
+            del f
+            tensors = pick(v)
+            out_tensors = [states[buffers[0]], next(inputs)] if staged else [states[b] for b in buffers]
+            chosen = ops.get(kind if uniform else kind + tuple([t.dtype for t in tensors]))
+            if chosen is None:
+                key = kind if uniform else kind + tuple([t.dtype for t in tensors])
+                ops[key] = run.first_op(key, out_tensors, tensors, coeffs, seeds if num_noise else None, counter,
+                                        num_noise)
+            else:
+                chosen[1](out_tensors, tensors, coeffs, seeds if num_noise else None, counter, num_noise)
+            if single:
+                v[first] = out_tensors[0]
+            else:
+                for slot, t in zip(outs, out_tensors):
+                    v[slot] = t
+        elif op == COMBINE:
             _, pick, outs, buffers, coeffs, num_noise, counter, draws, kind, staged = ins
             tensors = pick(v)
             if draws:

@@ -9,8 +9,9 @@ which yields each network evaluation it needs (the model input, in the model's c
 network output. ``FastintScheduler`` drives that generator from ``step`` in the pipeline's own thread: each
 ``step`` sends the output for the pending evaluation and returns the next model input as ``prev_sample`` (or the
 final result). No helper thread: whatever the caller's thread set (``fastint.use_backend``, ``torch.autocast``,
-grad mode, the CUDA stream) applies, and the result is exactly ``fastint.sample(adapter(model), x, sigmas, solver,
-seed=...)`` (same executor, same op calls). An abandoned run leaves nothing behind: the next ``set_timesteps``
+grad mode, the CUDA stream) applies, and the result is ``fastint.sample(adapter(model), x, sigmas, solver,
+seed=...)`` (same executor, same op calls; the first model output is the pipeline's, made at its own sample rather
+than at ``c_in x~_0``, which differs from it by rounding). An abandoned run leaves nothing behind: the next ``set_timesteps``
 starts a fresh one. A run is bound to the pipeline driving it: a ``step`` from another thread during a run, or with
 a timestep that is not the pending one (two pipelines interleaving their steps), raises a clear error.
 
