@@ -1,6 +1,6 @@
 """``FastintScheduler`` drives the solver's program from the pipeline's own thread: no thread of its own, the
 caller's ``use_backend`` / autocast / grad mode apply, a network output the pipeline reuses is safe, an interrupted
-run leaves nothing behind, and a scheduler driven by two pipelines at once says so."""
+run leaves nothing behind, a scheduler driven by two pipelines at once says so, and gradients flow."""
 
 import threading
 import zlib
@@ -117,17 +117,31 @@ def test_use_backend_autocast_and_grad_mode_of_the_caller_apply(monkeypatch):
     assert (eager == again).all()
 
 
-def test_gradients_are_refused_not_dropped():
-    seed = _seed("grad")
-    unet = _unet(seed)
-    scheduler = FastintScheduler.from_config(DDPMScheduler().config, solver="euler")
+def _first_step(model_output, sample, solver="euler"):
+    scheduler = FastintScheduler.from_config(DDPMScheduler().config, solver=solver)
+    scheduler.set_seed(7)                      # the same noise in every run
     scheduler.set_timesteps(3)
-    sample = torch.randn(BATCH, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
-    with torch.enable_grad(), pytest.raises(RuntimeError, match="gradients"):
-        scheduler.step(unet(sample, scheduler.timesteps[0]).sample, scheduler.timesteps[0], sample)
-    with torch.no_grad():     # the refused run left nothing behind
-        out = scheduler.step(unet(sample, scheduler.timesteps[0]).sample, scheduler.timesteps[0], sample)
-    assert out.prev_sample.shape == sample.shape
+    return scheduler.step(model_output, scheduler.timesteps[0], sample).prev_sample
+
+
+@pytest.mark.parametrize("solver", ["euler", "dpmpp_2m_sde"])
+def test_prev_sample_carries_gradients(solver):
+    """With grad enabled, ``prev_sample`` is differentiable as diffusers' own schedulers' is: a step is affine in the
+    model output and the sample, so the autograd gradient must equal the exact difference quotient."""
+    gen = torch.Generator().manual_seed(_seed("grad" + solver))
+    sample, model_output, direction, weight = (torch.randn(BATCH, 3, 8, 8, generator=gen) for _ in range(4))
+    model_output.requires_grad_(True)
+    with torch.enable_grad():
+        prev = _first_step(model_output, sample, solver)
+        assert prev.requires_grad and prev.grad_fn is not None
+        (grad,) = torch.autograd.grad((prev * weight).sum(), model_output)
+    with torch.no_grad():
+        moved = _first_step(model_output.detach() + direction, sample, solver)
+        base = _first_step(model_output.detach(), sample, solver)
+    want = ((moved - base) * weight).sum().item()
+    got = (grad * direction).sum().item()
+    assert abs(got - want) <= 1e-4 * (1 + abs(want)), (got, want)
+    assert grad.abs().sum().item() > 0
 
 
 class Interrupt(Exception):

@@ -26,8 +26,8 @@ a timestep that is not the pending one (two pipelines interleaving their steps),
 - A sample the pipeline changed between steps (inpainting masks, ``callback_on_step_end``) is written back into the
   solver's state before the model output is used.
 - Model outputs are copied when the solver keeps them past the next model call (the pipeline still holds them).
-- Gradients: the fused op does not propagate them yet; with grad mode on and a sample or model output that requires
-  grad, ``step`` raises instead of dropping them.
+- Gradients: with grad mode on, ``prev_sample`` carries gradients to the model output and the sample (the fused op
+  is differentiable), as diffusers' own schedulers' does.
 - Noise: fastint's per-sample counter-based noise (``docs/noise.md``). The seeds come from ``set_seed`` /
   ``set_timesteps(seed=...)`` when given (int: sample b uses seed + b; or one per sample), else from the
   ``generator`` passed to ``step`` (one int drawn from it; a list of generators gives one seed per sample, as
