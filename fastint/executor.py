@@ -505,6 +505,21 @@ def _copy(t: torch.Tensor) -> torch.Tensor:
     return t.clone(memory_format=torch.contiguous_format)
 
 
+def _network_input(xs: torch.Tensor, c_in: float, inputs: Iterator[torch.Tensor], grad: bool) -> torch.Tensor:
+    """``c_in x`` in the run's next network-input buffer, or out of place when autograd records x."""
+    if grad and xs.requires_grad:
+        return xs * c_in
+    return torch.mul(xs, c_in, out=next(inputs))
+
+
+def _combine_outputs(run: Run, tensors, outs, buffers, staged, states, inputs, grad: bool) -> List[torch.Tensor]:
+    """The tensors a combination writes: the run's buffers (a state buffer and, when it stages the next network
+    input, an input buffer), or fresh tensors when autograd records it (it may keep any earlier state)."""
+    if grad and any(t.requires_grad for t in tensors):
+        return [torch.empty(run.shape, dtype=run.dtype, device=run.device) for _ in outs]
+    return [states[buffers[0]], next(inputs)] if staged else [states[b] for b in buffers]
+
+
 def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] = None):
     """Replay ``plan`` from ``x``; returns the final state (a buffer of the run). Each network evaluation of a
     fastint adapter calls ``network`` or, when it is None, is yielded as ``(network input, timestep batch, state)``
@@ -535,7 +550,7 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
             elif source == FROM_STATE:
                 model_input = xs
             else:
-                model_input = torch.mul(xs, c_in, out=next(inputs))
+                model_input = _network_input(xs, c_in, inputs, grad)
             if network is not None:
                 f = network(model_input, t_batches[t_index], **extra)
                 if type(f) is not torch.Tensor:
@@ -555,7 +570,7 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
             v[out] = f
             del f
             tensors = pick(v)
-            out_tensors = [states[buffers[0]], next(inputs)] if staged else [states[b] for b in buffers]
+            out_tensors = _combine_outputs(run, tensors, outs, buffers, staged, states, inputs, grad)
             chosen = ops.get(kind if uniform else kind + tuple([t.dtype for t in tensors]))
             if chosen is None:
                 key = kind if uniform else kind + tuple([t.dtype for t in tensors])
@@ -579,12 +594,7 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
                         z = injected[(event, stream)] = run.draw_injected_noise(*interval)
                         uniform = uniform and z.dtype == dtype
                     tensors.append(z)
-            if grad and any(t.requires_grad for t in tensors):   # recorded: fresh outputs (see the docstring)
-                out_tensors = [torch.empty(shape, dtype=dtype, device=device) for _ in outs]
-            elif staged:
-                out_tensors = [states[buffers[0]], next(inputs)]
-            else:
-                out_tensors = [states[b] for b in buffers]
+            out_tensors = _combine_outputs(run, tensors, outs, buffers, staged, states, inputs, grad)
             key = kind if uniform else kind + tuple([t.dtype for t in tensors])
             chosen = ops.get(key)
             if chosen is None:
@@ -605,10 +615,8 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
                     model_input = v[input_slot]
                 elif source == FROM_STATE:
                     model_input = xs
-                elif grad and xs.requires_grad:
-                    model_input = xs * c_in
                 else:
-                    model_input = torch.mul(xs, c_in, out=next(inputs))
+                    model_input = _network_input(xs, c_in, inputs, grad)
                 if network is not None:
                     f = network(model_input, t_batches[t_index], **extra)
                     if type(f) is not torch.Tensor:
