@@ -154,8 +154,8 @@ def _step_sigmas():
 def _dpmpp_coefficients(kind: str, eta: float = 1.0):
     """fastint's host coefficients of the step kinds (inputs x, D[, D_old]) and the noise coefficient: the second
     combination of the solver's recorded program on ``_step_sigmas()`` as the executor lowers it for a plain model."""
-    from .executor import COMBINE, lowered
-    from .solvers import get_solver
+    from fastint.executor import COMBINE, lowered
+    from fastint.solvers import get_solver
     solver = get_solver(kind, **({"eta": eta} if kind == "dpmpp_2m_sde" else {}))
     plan = lowered(solver, list(_step_sigmas()) + [0.0], None, False)
     step = [i for i in plan.instructions if i[0] == COMBINE][1]
