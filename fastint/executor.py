@@ -534,7 +534,7 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
     injected: Dict[Tuple[int, int], torch.Tensor] = {}
     callback, bar, checked = run.callback, run.progress_bar, run.checked
     shape, device = run.shape, run.device
-    careful = grad or run.check_finite == "step"   # every model output through the full checks
+    careful = run.check_finite == "step"   # every model output through the full checks (finiteness included)
     uniform = True      # every tensor so far has the state's dtype: an op's kind is its counts alone
     if bar is not None:
         bar.total = plan.reports
@@ -571,9 +571,9 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
             del f
             tensors = pick(v)
             out_tensors = _combine_outputs(run, tensors, outs, buffers, staged, states, inputs, grad)
-            chosen = ops.get(kind if uniform else kind + tuple([t.dtype for t in tensors]))
+            key = kind if uniform else kind + tuple([t.dtype for t in tensors])
+            chosen = ops.get(key)
             if chosen is None:
-                key = kind if uniform else kind + tuple([t.dtype for t in tensors])
                 ops[key] = run.first_op(key, out_tensors, tensors, coeffs, seeds if num_noise else None, counter,
                                         num_noise)
             else:
