@@ -43,13 +43,26 @@ _HEAD = [_P("model", _P.POSITIONAL_OR_KEYWORD), _P("x", _P.POSITIONAL_OR_KEYWORD
 _TAIL = [_P("seed", _P.KEYWORD_ONLY, default=None), _P("backend", _P.KEYWORD_ONLY, default="auto")]
 
 
-def _signature(solver_cls) -> inspect.Signature:
-    params: List[inspect.Parameter] = list(_HEAD)
+def _parameter_order(solver_cls) -> List[str]:
+    """The options and ``noise_sampler`` in the peer's order: the solver's ``dropin_parameters`` when it sets them,
+    else its options with ``noise_sampler`` right after ``s_noise`` (stochastic solvers) or last."""
+    if solver_cls.dropin_parameters is not None:
+        names = list(solver_cls.dropin_parameters)
+        if sorted(names) != sorted(list(solver_cls.options) + ["noise_sampler"]):
+            raise TypeError(f"solver {solver_cls.name!r}: dropin_parameters must name every option and "
+                            f"noise_sampler once, got {names}")
+        return names
     names = list(solver_cls.options)
     if solver_cls.stochastic and "s_noise" in names:
         names.insert(names.index("s_noise") + 1, "noise_sampler")
     else:
         names.append("noise_sampler")
+    return names
+
+
+def _signature(solver_cls) -> inspect.Signature:
+    params: List[inspect.Parameter] = list(_HEAD)
+    names = _parameter_order(solver_cls)
     for name in names:
         default = None if name == "noise_sampler" else solver_cls.options[name].default
         params.append(_P(name, _P.POSITIONAL_OR_KEYWORD, default=default))

@@ -6,7 +6,7 @@ their results; it holds no tensor operation. ``fastint.executor`` runs every pro
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .program import Program, model_evaluations, record
 
@@ -56,6 +56,7 @@ class Solver:
     stochastic: bool = False
     summary: str = ""
     options: Dict[str, Option] = {}
+    dropin_parameters: Optional[Tuple[str, ...]] = None   # k-diffusion/ComfyUI drop-in order of options + noise_sampler
 
     def __init__(self, **options):
         unknown = sorted(set(options) - set(self.options))
