@@ -28,10 +28,12 @@ the executor holds the tensor or its storage (a network returning the same buffe
 ``torch.compile(mode="reduce-overhead")`` models do; a view of its input; an output written in place into a
 buffer the network keeps). The test is two reference counts (~1 us); a fresh output is never copied.
 
-**Gradients.** The fused op is differentiable (``fastint.ops.autograd``). With grad mode on, a combination whose
-inputs require grad (x, a model output, a tensor the model closed over) writes fresh tensors instead of the run's
-buffers, and a network input is computed out of place: autograd may keep any earlier state for the backward pass,
-so nothing it records is overwritten. Without grad the replay is unchanged.
+**Gradients.** The fused op is differentiable (``fastint.ops.autograd``). With grad mode on, from the first tensor
+that requires grad (x, a model output, injected noise, a guidance gradient) every later combination writes fresh
+tensors instead of the run's buffers, and a network input of a state requiring grad is computed out of place:
+autograd may keep any earlier state for the backward pass (a network keeps its input for its weights' gradients),
+so nothing it may have recorded is overwritten. Without grad, or while nothing requires grad, the replay is
+unchanged; the check is one attribute per model output.
 """
 
 import functools
@@ -512,10 +514,11 @@ def _network_input(xs: torch.Tensor, c_in: float, inputs: Iterator[torch.Tensor]
     return torch.mul(xs, c_in, out=next(inputs))
 
 
-def _combine_outputs(run: Run, tensors, outs, buffers, staged, states, inputs, grad: bool) -> List[torch.Tensor]:
+def _combine_outputs(run: Run, outs, buffers, staged, states, inputs, recording: bool) -> List[torch.Tensor]:
     """The tensors a combination writes: the run's buffers (a state buffer and, when it stages the next network
-    input, an input buffer), or fresh tensors when autograd records it (it may keep any earlier state)."""
-    if grad and any(t.requires_grad for t in tensors):
+    input, an input buffer), or fresh tensors once autograd records the run (it may keep any earlier state, and a
+    buffer written before is never written again)."""
+    if recording:
         return [torch.empty(run.shape, dtype=run.dtype, device=run.device) for _ in outs]
     return [states[buffers[0]], next(inputs)] if staged else [states[b] for b in buffers]
 
@@ -526,6 +529,7 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
     and its output received."""
     model, extra, seeds, dtype = run.model, run.extra_args, run.seeds, run.dtype
     grad = torch.is_grad_enabled()
+    recording = grad and x.requires_grad   # autograd records the run from the first tensor requiring grad on
     v: List[Any] = [None] * plan.slots
     v[0] = x if x.is_contiguous() else x.contiguous()
     states, inputs = run.buffers(plan)
@@ -567,10 +571,11 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
                 references, storage = _reference_counts(f)
                 if references > held[0] or storage > held[1]:
                     f = _copy(f)
+            recording = recording or (grad and f.requires_grad)
             v[out] = f
             del f
             tensors = pick(v)
-            out_tensors = _combine_outputs(run, tensors, outs, buffers, staged, states, inputs, grad)
+            out_tensors = _combine_outputs(run, outs, buffers, staged, states, inputs, recording)
             key = kind if uniform else kind + tuple([t.dtype for t in tensors])
             chosen = ops.get(key)
             if chosen is None:
@@ -593,8 +598,9 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
                     if z is None:
                         z = injected[(event, stream)] = run.draw_injected_noise(*interval)
                         uniform = uniform and z.dtype == dtype
+                        recording = recording or (grad and z.requires_grad)
                     tensors.append(z)
-            out_tensors = _combine_outputs(run, tensors, outs, buffers, staged, states, inputs, grad)
+            out_tensors = _combine_outputs(run, outs, buffers, staged, states, inputs, recording)
             key = kind if uniform else kind + tuple([t.dtype for t in tensors])
             chosen = ops.get(key)
             if chosen is None:
@@ -634,6 +640,7 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
                         if references > held[0] or storage > held[1]:
                             f = _copy(f)
                     uniform = uniform and f.dtype == dtype
+                    recording = recording or (grad and f.requires_grad)
                     v[out] = f
                     continue
                 if type(f) is not torch.Tensor:
@@ -651,6 +658,7 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
                 if references > _LOCAL[0] or storage > _LOCAL[1]:
                     d = _copy(d)
             uniform = uniform and d.dtype == dtype
+            recording = recording or (grad and d.requires_grad)
             v[out] = d
             del d
         elif op == REPORT:
@@ -681,6 +689,7 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
                 references, storage = _reference_counts(g)
                 if references > _LOCAL[0] or storage > _LOCAL[1]:
                     g = _copy(g)
+            recording = recording or (grad and g.requires_grad)
             v[out] = g
             del g
     return v[plan.result]
