@@ -54,7 +54,7 @@ class _Adams(Solver):
 class IPNDM(_Adams):
     name = "ipndm"
     order = 2
-    order_note = "2 on non-uniform grids (fixed AB weights), max_order on uniform ones"
+    order_note = "2 on Karras grids (uniform-step AB weights on a non-uniform grid)"
     summary = "iPNDM: Adams-Bashforth on dx/dsigma, fixed weights, warm start (ComfyUI sample_ipndm)"
     options = {"max_order": _max_order(4, 4)}
 
@@ -65,7 +65,7 @@ class IPNDM(_Adams):
 class IPNDMVariable(_Adams):
     name = "ipndm_v"
     order = 2
-    order_note = "2 (ComfyUI's order-4 weights); max_order with coefficients='exact'"
+    order_note = "2 (ComfyUI's order-4 weights; 3 with max_order=3); max_order with coefficients='exact'"
     summary = "iPNDM with variable-step weights (ComfyUI sample_ipndm_v); 'exact': variable-step AB"
     options = {"max_order": _max_order(4, 4),
                "coefficients": Option("peer", one_of("peer", "exact"),
@@ -80,7 +80,7 @@ class IPNDMVariable(_Adams):
 class DEIS(_Adams):
     name = "deis"
     order = 3
-    order_note = "max_order (3 by default)"
+    order_note = "3 (= max_order, 1 to 4; tab and rhoab)"
     summary = "DEIS multistep, tAB (Lagrange in VP time) or rhoAB (in sigma) (ComfyUI sample_deis)"
     options = {"max_order": _max_order(4, 3),
                "deis_mode": Option("tab", one_of("tab", "rhoab"), "'tab' or 'rhoab'")}
