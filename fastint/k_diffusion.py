@@ -23,7 +23,9 @@ extra_args, callback, disable, ...)``. The arguments mean what they mean there:
 
 The result is ``fastint.sample(model, x, sigmas, <name>, seed=..., noise_sampler=..., extra_args=extra_args,
 ...)`` exactly. Functions exist for the solvers registered when this module is imported; solvers registered later
-are found on attribute access.
+are found on attribute access. ComfyUI's other names for these samplers (``sample_dpmpp_2m_sde_heun`` and the
+``_gpu`` variants) are aliases (``_ALIASES`` below); ComfyUI's CFG++ samplers are not offered (they need the
+unconditional output that only ComfyUI's model wrapper exposes).
 """
 
 import functools
