@@ -3,7 +3,7 @@ the methods (docs/solvers.md, "ComfyUI's multistep and renoising samplers"), not
 
 Plain loops in each method's own coordinates: DDPM in VP coordinates with the posterior mean and variance of Ho et
 al.; the Adams-Bashforth family with a buffer of derivatives d = (x - D) / sigma; DEIS weights by mpmath's
-quadrature in the VP time tau at 30 digits (``int L_j(tau) dsigma/dtau dtau``, where fastint integrates in sigma by
+quadrature in the VP time tau at 20 digits (``int L_j(tau) dsigma/dtau dtau``, where fastint integrates in sigma by
 Gauss-Legendre in float64) and the Lagrange integrals in sigma by numpy's polynomial algebra. Noise comes from ``noise(sigma_a,
 sigma_b)``, the k-diffusion ``noise_sampler`` convention.
 """
@@ -109,9 +109,9 @@ def deis_tab_weights(sig, n, order):
 
 @functools.lru_cache(maxsize=None)
 def _deis_tab_weights(sig, n, order):
-    """int L_j(tau) dsigma/dtau dtau in 30-digit arithmetic (mpmath's tanh-sinh quadrature in tau), with the VP
+    """int L_j(tau) dsigma/dtau dtau in 20-digit arithmetic (mpmath's tanh-sinh quadrature in tau), with the VP
     schedule log(1 + sigma(tau)^2) = beta_d tau^2 / 2 + beta_min tau through sigma(1e-3) = 0.002, sigma(1) = 80."""
-    with mpmath.workdps(30):
+    with mpmath.workdps(20):
         q_min, q_max = mpmath.log(1 + mpmath.mpf("0.002") ** 2), mpmath.log(1 + mpmath.mpf(80) ** 2)
         eps = mpmath.mpf("0.001")
         beta_d, beta_min = mpmath.lu_solve(mpmath.matrix([[eps ** 2 / 2, eps], [0.5, 1]]), mpmath.matrix([q_min, q_max]))

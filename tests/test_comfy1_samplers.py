@@ -92,7 +92,7 @@ def test_ddpm_is_the_ancestral_step_with_eta_one():
 
 
 def test_deis_weights_are_integrals_of_the_lagrange_basis():
-    """tAB weights against a 30-digit quadrature in tau, step by step, including tiny and huge steps (to 1e-13 of
+    """tAB weights against a 20-digit quadrature in tau, step by step, including tiny and huge steps (to 1e-13 of
     the step); every order's weights sum to the step (the basis sums to 1)."""
     grids = [karras(8, 0.002, 80.0).tolist()[:-1], [120.0, 30.0, 2.0, 0.5, 0.01, 0.0021, 0.002]]
     for sig in grids:
