@@ -13,13 +13,15 @@ these weights. Each step is one fused-op call reading (x, D, d_{n-1}, ..., d_{n-
 a later step reads it, d_n = (x_n - D) / sigma_n as a second output.
 """
 
+import numbers
+
 from .adams_coefficients import comfy_variable_step, fixed_step, lagrange_in_sigma, lagrange_in_vp_time
 from .base import Option, Solver, one_of
 from .program import Combine, Denoise, Report, combine
 
 
 def _max_order(largest: int, default: int) -> Option:
-    return Option(default, lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= largest,
+    return Option(default, lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool) and 1 <= v <= largest,
                   f"an integer from 1 to {largest}")
 
 
