@@ -4,8 +4,8 @@ the methods (docs/solvers.md, "ComfyUI's multistep and renoising samplers"), not
 Plain loops in each method's own coordinates: DDPM in VP coordinates with the posterior mean and variance of Ho et
 al.; the Adams-Bashforth family with a buffer of derivatives d = (x - D) / sigma; DEIS weights by mpmath's
 quadrature in the VP time tau at 20 digits (``int L_j(tau) dsigma/dtau dtau``, where fastint integrates in sigma by
-Gauss-Legendre in float64) and the Lagrange integrals in sigma by numpy's polynomial algebra. Noise comes from ``noise(sigma_a,
-sigma_b)``, the k-diffusion ``noise_sampler`` convention.
+Gauss-Legendre in float64) and the Lagrange integrals in sigma by numpy's polynomial algebra. Noise comes from
+``noise(sigma_a, sigma_b)``, the k-diffusion ``noise_sampler`` convention.
 """
 
 import functools
@@ -98,7 +98,8 @@ def comfy_ipndm_v_weights(sig, n, order):
         h3 = sig[n - 2] - sig[n - 3]
         b, c = h1 * (h1 + h2) / (h2 * (h2 + h3)), h2 / h3
         u, v = h / (h + h1), h / (h + h1 + h2)
-        t2 = ((1 - u / 3) / 2 + (1 - u / 2) * v / 6) * (h * (h + h1) * (h + h1 + h2)) / (h1 * (h1 + h2) * (h1 + h2 + h3))
+        t2 = (((1 - u / 3) / 2 + (1 - u / 2) * v / 6) * (h * (h + h1) * (h + h1 + h2))
+              / (h1 * (h1 + h2) * (h1 + h2 + h3)))
         w += t2 * np.array([1, -(1 + a + b), a + b * (1 + c), -a * b])
     return list(h * w)
 
@@ -114,9 +115,13 @@ def _deis_tab_weights(sig, n, order):
     with mpmath.workdps(20):
         q_min, q_max = mpmath.log(1 + mpmath.mpf("0.002") ** 2), mpmath.log(1 + mpmath.mpf(80) ** 2)
         eps = mpmath.mpf("0.001")
-        beta_d, beta_min = mpmath.lu_solve(mpmath.matrix([[eps ** 2 / 2, eps], [0.5, 1]]), mpmath.matrix([q_min, q_max]))
-        tau = lambda s: mpmath.findroot(lambda u: beta_d * u ** 2 / 2 + beta_min * u - mpmath.log(1 + mpmath.mpf(s) ** 2),
-                                        mpmath.mpf(1))   # noqa: E731
+        beta_d, beta_min = mpmath.lu_solve(mpmath.matrix([[eps ** 2 / 2, eps], [0.5, 1]]),
+                                           mpmath.matrix([q_min, q_max]))
+
+        def tau(s):
+            return mpmath.findroot(lambda u: beta_d * u ** 2 / 2 + beta_min * u - mpmath.log(1 + mpmath.mpf(s) ** 2),
+                                   mpmath.mpf(1))
+
         sigma_of = lambda u: mpmath.sqrt(mpmath.expm1(beta_d * u ** 2 / 2 + beta_min * u))   # noqa: E731
         dsigma = lambda u: (beta_d * u + beta_min) * (sigma_of(u) ** 2 + 1) / (2 * sigma_of(u))   # noqa: E731
         nodes = [tau(sig[n - k]) for k in range(order)]
