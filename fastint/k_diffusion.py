@@ -23,7 +23,9 @@ extra_args, callback, disable, ...)``. The arguments mean what they mean there:
 
 The result is ``fastint.sample(model, x, sigmas, <name>, seed=..., noise_sampler=..., extra_args=extra_args,
 ...)`` exactly. Functions exist for the solvers registered when this module is imported; solvers registered later
-are found on attribute access.
+are found on attribute access. ComfyUI's other names for these samplers (``sample_dpmpp_2m_sde_heun`` and the
+``_gpu`` variants) are aliases (``_ALIASES`` below); ComfyUI's CFG++ samplers are not offered (they need the
+unconditional output that only ComfyUI's model wrapper exposes).
 """
 
 import functools
@@ -144,3 +146,61 @@ def __getattr__(attr: str):  # solvers registered after this module was imported
 
 def __dir__():
     return sorted(set(globals()) | {f"sample_{n}" for n in SOLVERS})
+
+
+# -- ComfyUI's other names for these samplers ----------------------------------------------------------------------
+# alias -> (the drop-in it runs, the defaults that differ from that drop-in's). ComfyUI's ``_gpu`` variants differ
+# from their base samplers only in building the default Brownian-tree noise on the GPU; fastint's noise is generated
+# on x's device by every sampler, so each is its base function. Resolved on first access (an alias of a sampler
+# registered later works); an alias whose sampler this fastint lacks raises AttributeError saying so.
+_ALIASES: Dict[str, tuple] = {
+    "sample_dpmpp_2m_sde_heun": ("sample_dpmpp_2m_sde", {"solver_type": "heun"}),
+    "sample_dpmpp_2m_sde_gpu": ("sample_dpmpp_2m_sde", {}),
+    "sample_dpmpp_2m_sde_heun_gpu": ("sample_dpmpp_2m_sde", {"solver_type": "heun"}),
+    "sample_dpmpp_3m_sde_gpu": ("sample_dpmpp_3m_sde", {}),
+    "sample_dpmpp_sde_gpu": ("sample_dpmpp_sde", {}),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _alias(name: str) -> Callable:
+    target_name, defaults = _ALIASES[name]
+    try:
+        target = getattr(sys.modules[__name__], target_name)
+    except AttributeError:
+        raise AttributeError(f"{name} is ComfyUI's name for {target_name}, which fastint does not have") from None
+    if not defaults:
+        return target
+    signature = inspect.signature(target)
+    signature = signature.replace(parameters=[p.replace(default=defaults.get(p.name, p.default))
+                                              for p in signature.parameters.values()])
+
+    def sampler(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return target(*bound.args, **bound.kwargs)
+
+    sampler.__name__ = sampler.__qualname__ = name
+    sampler.__signature__ = signature
+    sampler.__doc__ = f"ComfyUI's {name}: {target_name} with {defaults} by default."
+    sampler.__module__ = __name__
+    return sampler
+
+
+def _has_alias_target(name: str) -> bool:
+    target = _ALIASES[name][0]
+    return target in globals() or target[len("sample_"):] in SOLVERS
+
+
+__all__ = sorted(set(__all__) | {name for name in _ALIASES if _has_alias_target(name)})
+_solver_getattr, _solver_dir = __getattr__, __dir__
+
+
+def __getattr__(attr: str):  # noqa: F811 (extends the solver lookup above with the aliases)
+    if attr in _ALIASES:
+        return _alias(attr)
+    return _solver_getattr(attr)
+
+
+def __dir__():  # noqa: F811
+    return sorted(set(_solver_dir()) | {name for name in _ALIASES if _has_alias_target(name)})

@@ -2,17 +2,21 @@
 
 from typing import Dict, List, Type
 
+from .adams import DEIS, IPNDM, IPNDMVariable
 from .ancestral import DDIM, EulerAncestral
 from .base import Solver
 from .dpmpp import DPMpp2M, DPMpp2MSDE, DPMpp3M, DPMpp3MSDE
 from .edm import Euler, Heun
+from .heunpp import HeunPP2
+from .renoise import DDPM, LCM
 from .restart import Restart
 from .seeds import Seeds1, Seeds2, Seeds3
 from .splitting import LieTrotter, PLMS, Strang
 
 SOLVERS: Dict[str, Type[Solver]] = {cls.name: cls for cls in (
     Euler, Heun, DDIM, EulerAncestral, DPMpp2M, DPMpp3M, DPMpp2MSDE, DPMpp3MSDE, Seeds1, Seeds2, Seeds3,
-    Restart, PLMS, LieTrotter, Strang)}
+    Restart, PLMS, LieTrotter, Strang,
+    HeunPP2, DDPM, LCM, IPNDM, IPNDMVariable, DEIS)}
 
 
 def get_solver(name: str, **options) -> Solver:
