@@ -6,12 +6,17 @@ from .ancestral import DDIM, EulerAncestral
 from .base import Solver
 from .dpmpp import DPMpp2M, DPMpp2MSDE, DPMpp3M, DPMpp3MSDE
 from .edm import Euler, Heun
+from .er_sde import ErSDE
+from .gradient_estimation import GradientEstimation
+from .res import ResMultistep, ResMultistepAncestral
 from .restart import Restart
-from .seeds import Seeds1, Seeds2, Seeds3
+from .sa_solver import SASolver, SASolverPECE
+from .seeds import ExpHeun2X0, ExpHeun2X0SDE, Seeds1, Seeds2, Seeds3
 from .splitting import LieTrotter, PLMS, Strang
 
 SOLVERS: Dict[str, Type[Solver]] = {cls.name: cls for cls in (
     Euler, Heun, DDIM, EulerAncestral, DPMpp2M, DPMpp3M, DPMpp2MSDE, DPMpp3MSDE, Seeds1, Seeds2, Seeds3,
+    ResMultistep, ResMultistepAncestral, GradientEstimation, ErSDE, SASolver, SASolverPECE, ExpHeun2X0, ExpHeun2X0SDE,
     Restart, PLMS, LieTrotter, Strang)}
 
 
