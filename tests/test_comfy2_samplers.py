@@ -39,6 +39,7 @@ CASES = [
     ("sa_solver", {"tau_func": tau_interval(10.0, 0.1, 0.7), "predictor_order": 4, "corrector_order": 1}),
     ("sa_solver", {"corrector_order": 0, "s_noise": 0.5}),
     ("sa_solver_pece", {}), ("sa_solver_pece", {"simple_order_2": True, "predictor_order": 2, "corrector_order": 2}),
+    ("sa_solver", {"predictor_order": 5, "corrector_order": 6, "use_pece": True}),   # 2 fused calls per update
     ("exp_heun_2_x0", {}), ("exp_heun_2_x0", {"solver_type": "phi_1"}),
     ("exp_heun_2_x0_sde", {}), ("exp_heun_2_x0_sde", {"eta": 0.5, "solver_type": "phi_1", "s_noise": 1.1}),
 ]

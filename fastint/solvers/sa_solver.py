@@ -24,8 +24,8 @@ Step i (sigma_i -> sigma_{i+1}), with x the corrected state and x_p the predicte
     P:  x_p = the update from x with the predictor_order newest nodes (x_p = D_i on a step to sigma = 0)
 
 The orders grow with the history; with sigmas ending at 0 they shrink near the end (predictor <= steps left - 1,
-corrector <= steps left), as ComfyUI does, which makes the ODE form (tau = 0) globally second order whatever the
-orders (measured); without the final 0, predictor_order p alone (corrector_order 0) measures order p, and the
+corrector <= steps left), as ComfyUI does, which makes the ODE form (tau = 0) globally at most second order
+(measured); without the final 0, predictor_order p alone (corrector_order 0) measures order p, and the
 default 3/4 reaches errors of third order or better. The result is x_p. Each C and each P is one fused-op call; the
 corrector regenerates the predictor's noise (same counter and stream) instead of storing it.
 
@@ -34,6 +34,9 @@ is recorded (it must be a pure function). ComfyUI's default is tau = 1 between t
 of its schedule; fastint cannot see the model, so its default uses the SD-1.x/SDXL discrete schedule (scaled-linear
 betas 0.00085 .. 0.012, 1000 steps): tau = 1 for 0.5712 <= sigma <= 5.0924. For other models pass
 ``tau_func=tau_interval(start_sigma, end_sigma)``.
+
+An update reading more than 4 data predictions (orders 5 and 6) takes a second fused-op call that sums the oldest
+ones first: the op reads at most 6 tensors, an injected noise tensor among them.
 """
 
 import math
@@ -110,6 +113,20 @@ def adams_coefficients(lambdas, lambda_s: float, lambda_t: float, tau: float, si
     return [a * h * sum(c * m for c, m in zip(_lagrange_monomials(nodes, k), moments)) for k in range(len(nodes))]
 
 
+MAX_TERMS = 5   # state handles one fused-op call reads besides an injected noise tensor (the op reads 6 tensors)
+
+
+def update(terms, noise):
+    """Program fragment: ``sum c h`` over ``terms`` (the state first, then the data predictions, oldest first) plus
+    ``noise`` in one fused-op call, or two when there are more than MAX_TERMS terms (the oldest predictions summed
+    first)."""
+    if len(terms) > MAX_TERMS:
+        folded = len(terms) - MAX_TERMS + 1
+        partial = yield combine(terms[1:1 + folded])
+        terms = [terms[0], (1.0, partial)] + terms[1 + folded:]
+    return (yield combine(terms, noise))
+
+
 def _order(low):
     return lambda v: type(v) is int and low <= v <= 6
 
@@ -170,7 +187,7 @@ class SASolver(Solver):
                 tau, noise = previous
                 b = adams_coefficients(lambdas[i - c_used + 1:i + 1], lambdas[i - 1], lambdas[i], tau, simple, True)
                 decay = (s / sigmas[i - 1]) * math.exp(-tau * tau * (lambdas[i] - lambdas[i - 1]))
-                x = yield combine([(decay, x)] + list(zip(b, predictions[-c_used:])), noise)
+                x = yield from update([(decay, x)] + list(zip(b, predictions[-c_used:])), noise)
                 if pece:
                     predictions[-1] = denoised = yield Denoise(x, s, fuse=False)
             if t == 0:
@@ -182,8 +199,8 @@ class SASolver(Solver):
             noise = None
             if tau > 0 and s_noise > 0:
                 noise = (NoiseEvent(i, [(s, t)]), [t * math.sqrt(-math.expm1(-2 * tau * tau * h)) * s_noise])
-            x_pred = yield combine([((t / s) * math.exp(-tau * tau * h), x)] + list(zip(b, predictions[-p_used:])),
-                                   noise)
+            x_pred = yield from update([((t / s) * math.exp(-tau * tau * h), x)] + list(zip(b, predictions[-p_used:])),
+                                       noise)
             previous = (tau, noise)
         return x_pred
 
