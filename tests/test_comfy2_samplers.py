@@ -20,11 +20,14 @@ from fastint import k_diffusion as fk
 from fastint.models import default_mixture
 from fastint.schedules import karras
 from fastint.solvers import get_solver
+from fastint.solvers.base import example_sigmas
+from fastint.solvers.program import Combine
 from fastint.solvers.sa_solver import tau_interval
 
 from injected_noise import KeyedNoise
 from reference_comfy2 import REFERENCES
 from test_solver_parity import PhiloxAddressedNoise
+from test_solver_programs import FakeExecutor
 
 
 def _square(v):
@@ -110,6 +113,23 @@ def test_exp_heun_is_seeds_2_with_r_1():
     fastint.sample(gm, x, sigmas, "seeds_2", r=1.0, backend="eager",
                    noise_sampler=lambda a, b: calls.append((a, b)) or noise(a, b))
     assert all(a > b for a, b in calls) and len(calls) == len(sigmas) - 2
+
+
+PROGRAM_CONFIGS = [(name, {}) for name in REFERENCES] + [
+    ("sa_solver", {"predictor_order": 6, "corrector_order": 6, "use_pece": True}),
+    ("sa_solver_pece", {"predictor_order": 1, "corrector_order": 5, "simple_order_2": True}),
+    ("er_sde", {"max_stage": 1}), ("seeds_2", {"r": 1.0, "solver_type": "phi_2"})]
+
+
+@pytest.mark.parametrize("name,options", PROGRAM_CONFIGS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(PROGRAM_CONFIGS)])
+def test_programs_fit_the_fused_op(name, options):
+    """Host programs only (the fake executor of test_solver_programs); every update reads at most 5 tensors, so with
+    an injected noise tensor it fits the op's 6 inputs."""
+    fake = FakeExecutor()
+    fake.run(get_solver(name, **options), example_sigmas(12))   # long enough for SA-Solver's orders 6
+    for request in fake.requests:
+        if type(request) is Combine:
+            assert len({id(h) for row in request.rows for _, h in row}) <= 5, request
 
 
 def test_model_evaluations():
