@@ -16,8 +16,8 @@ with phi2(v) = (expm1(v) - v)/v. A step to sigma = 0 returns D. eta = 0 gives th
 Runge-Kutta methods (orders 1, 2, 3). SEEDS-2 takes r in (0, 1]: at r = 1 its stage sits on the end point t
 (sigma_r = t exactly) and the final combination reuses the stage's noise n_1 (no second sub-interval), which is
 ComfyUI's exp_heun_2_x0 (eta = 0) and exp_heun_2_x0_sde: the exponential Heun method in data prediction, phi_2 by
-default. Each stage and the final combination is one fused-op call; the final
-SEEDS-3 call reads (x, D, D_3) and regenerates z_1, z_2, z_3 in-kernel instead of storing them.
+default. Each stage and the final combination is one fused-op call; the final SEEDS-3 call reads (x, D, D_3) and
+regenerates z_1, z_2, z_3 in-kernel instead of storing them.
 """
 
 import math
