@@ -412,8 +412,10 @@ _MARKERS = ["o", "s", "D", "^", "v", "<", ">", "p", "P", "X", "h", "*", "d", "H"
 
 
 def series_styles(n: int):
-    """(colours, markers) for ``n`` series, each used once; beyond 24 series the pairs repeat."""
-    return [_PALETTE[i % len(_PALETTE)] for i in range(n)], [_MARKERS[i % len(_MARKERS)] for i in range(n)]
+    """(colours, markers) for ``n`` series: the first 24 use each colour and each marker once; every further round
+    of the 24 colours shifts the markers by one, so the (colour, marker) pairs stay distinct up to 24 x 24 series."""
+    k = len(_PALETTE)
+    return [_PALETTE[i % k] for i in range(n)], [_MARKERS[(i + i // k) % len(_MARKERS)] for i in range(n)]
 
 
 def plot_quality(result: DemoResult, path: str) -> Optional[str]:

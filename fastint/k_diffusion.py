@@ -64,6 +64,8 @@ def _parameter_order(solver_cls) -> List[str]:
 
 def _signature(solver_cls) -> inspect.Signature:
     params: List[inspect.Parameter] = list(_HEAD)
+    # the peer's default of ``disable`` where it is not None (ComfyUI's sa_solver: False)
+    params[-1] = params[-1].replace(default=getattr(solver_cls, "dropin_disable", None))
     names = _parameter_order(solver_cls)
     for name in names:
         default = None if name == "noise_sampler" else solver_cls.options[name].default

@@ -94,7 +94,9 @@ def test_demo_table_explains_outliers():
 def test_plot_series_are_distinct_in_colour_and_marker():
     colors, markers = demo.series_styles(24)
     assert len(set(colors)) == 24 and len(set(markers)) == 24
-    assert len(demo.available_entries()) <= 24  # every demo series gets its own pair
+    n = len(demo.available_entries())
+    colors, markers = demo.series_styles(n)
+    assert len(set(zip(colors, markers))) == n  # every demo series gets its own pair
 
 
 def test_demo_counts_nfe_and_fits_budgets(small_demo):

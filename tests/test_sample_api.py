@@ -23,7 +23,9 @@ def test_list_solvers_describes_every_solver():
     rows = {r["name"]: r for r in fastint.list_solvers()}
     assert set(rows) == {"euler", "heun", "ddim", "euler_ancestral", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde",
                          "dpmpp_3m_sde", "seeds_1", "seeds_2", "seeds_3", "restart", "plms", "lie_trotter", "strang",
-                         "heunpp2", "ddpm", "lcm", "ipndm", "ipndm_v", "deis"}
+                         "heunpp2", "ddpm", "lcm", "ipndm", "ipndm_v", "deis"} | \
+        {"res_multistep", "res_multistep_ancestral", "gradient_estimation", "er_sde", "sa_solver", "sa_solver_pece",
+         "exp_heun_2_x0", "exp_heun_2_x0_sde"}
     assert rows["seeds_3"]["options"] == {"eta": 1.0, "s_noise": 1.0, "r_1": 1 / 3, "r_2": 2 / 3}
     assert rows["heun"]["nfe_per_step"].startswith("2") and rows["seeds_3"]["nfe_per_step"].startswith("3")
     assert rows["dpmpp_2m_sde"]["stochastic"] and not rows["dpmpp_2m"]["stochastic"]
@@ -85,7 +87,7 @@ def test_seeds_make_runs_repeatable_and_distinct(setup):
     ({"solver": "ddim", "eta": 1.5}, ValueError, "eta=1.5 is invalid"),
     ({"solver": "dpmpp_2m_sde", "solver_type": "rk4"}, ValueError, "'midpoint' or 'heun'"),
     ({"solver": "seeds_3", "r_1": 0.7, "r_2": 0.5}, ValueError, "needs r_1 < r_2"),
-    ({"solver": "seeds_2", "r": 1.0}, ValueError, r"in \(0, 1\)"),
+    ({"solver": "seeds_2", "r": 1.5}, ValueError, r"in \(0, 1\]"),
     ({"solver": "euler_ancestral", "s_noise": float("nan")}, ValueError, "s_noise=nan is invalid"),
     ({"seed": [1, 2]}, ValueError, "2 seeds for a batch of 4"),
     ({"seed": 1.5}, TypeError, "integers"),

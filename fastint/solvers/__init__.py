@@ -7,16 +7,21 @@ from .ancestral import DDIM, EulerAncestral
 from .base import Solver
 from .dpmpp import DPMpp2M, DPMpp2MSDE, DPMpp3M, DPMpp3MSDE
 from .edm import Euler, Heun
+from .er_sde import ErSDE
+from .gradient_estimation import GradientEstimation
 from .heunpp import HeunPP2
 from .renoise import DDPM, LCM
+from .res import ResMultistep, ResMultistepAncestral
 from .restart import Restart
-from .seeds import Seeds1, Seeds2, Seeds3
+from .sa_solver import SASolver, SASolverPECE
+from .seeds import ExpHeun2X0, ExpHeun2X0SDE, Seeds1, Seeds2, Seeds3
 from .splitting import LieTrotter, PLMS, Strang
 
 SOLVERS: Dict[str, Type[Solver]] = {cls.name: cls for cls in (
     Euler, Heun, DDIM, EulerAncestral, DPMpp2M, DPMpp3M, DPMpp2MSDE, DPMpp3MSDE, Seeds1, Seeds2, Seeds3,
     Restart, PLMS, LieTrotter, Strang,
-    HeunPP2, DDPM, LCM, IPNDM, IPNDMVariable, DEIS)}
+    HeunPP2, DDPM, LCM, IPNDM, IPNDMVariable, DEIS,
+    ResMultistep, ResMultistepAncestral, GradientEstimation, ErSDE, SASolver, SASolverPECE, ExpHeun2X0, ExpHeun2X0SDE)}
 
 
 def get_solver(name: str, **options) -> Solver:

@@ -13,8 +13,11 @@ so a later stage reuses the earlier stages' z and the step injects exactly ``t^2
              x_3 = lin_{r_2} - (a31 D + a32 D_2) + sigma_{r_2} s_noise n_{r_2};  D_3 = D(x_3, sigma_{r_2})
              b_3 = phi2(-h_eta)/r_2, b_1 = expm1(-h_eta) - b_3:  x_t = lin_1 - (b_1 D + b_3 D_3) + t s_noise n_1
 with phi2(v) = (expm1(v) - v)/v. A step to sigma = 0 returns D. eta = 0 gives the deterministic exponential
-Runge-Kutta methods (orders 1, 2, 3). Each stage and the final combination is one fused-op call; the final
-SEEDS-3 call reads (x, D, D_3) and regenerates z_1, z_2, z_3 in-kernel instead of storing them.
+Runge-Kutta methods (orders 1, 2, 3). SEEDS-2 takes r in (0, 1]: at r = 1 its stage sits on the end point t
+(sigma_r = t exactly) and the final combination reuses the stage's noise n_1 (no second sub-interval), which is
+ComfyUI's exp_heun_2_x0 (eta = 0) and exp_heun_2_x0_sde: the exponential Heun method in data prediction, phi_2 by
+default. Each stage and the final combination is one fused-op call; the final SEEDS-3 call reads (x, D, D_3) and
+regenerates z_1, z_2, z_3 in-kernel instead of storing them.
 """
 
 import math
@@ -30,12 +33,16 @@ class _Seeds(Solver):
     def stage_fractions(self):
         return []
 
+    def noise_levels(self):
+        """(eta, s_noise) of this configured solver."""
+        return self.config["eta"], self.config["s_noise"]
+
     def stage_combination(self, stage, h_eta, denoised_list):
         """[(coef, D)] of stage ``stage`` (1-based among the intermediate stages, 0 = final)."""
         raise NotImplementedError
 
     def program(self, sigmas, x):
-        eta, s_noise = self.config["eta"], self.config["s_noise"]
+        eta, s_noise = self.noise_levels()
         fractions = self.stage_fractions()
         for i in range(len(sigmas) - 1):
             s, t = sigmas[i], sigmas[i + 1]
@@ -47,19 +54,22 @@ class _Seeds(Solver):
             h = log_step(s, t)
             h_eta = (1 + eta) * h
             points = fractions + [1.0]
-            sigmas_at = [s * math.exp(-r * h) for r in points]
+            sigma_of = {r: t if r == 1 else s * math.exp(-r * h) for r in points}
+            distinct = sorted(sigma_of)   # a stage at r = 1 shares the end point's sub-interval and noise
             noisy = eta > 0 and s_noise > 0
-            event = NoiseEvent(i, [(s if j == 0 else sigmas_at[j - 1], sigmas_at[j])
-                                   for j in range(len(points))]) if noisy else None
+            event = NoiseEvent(i, [(s if k == 0 else sigma_of[distinct[k - 1]], sigma_of[distinct[k]])
+                                   for k in range(len(distinct))]) if noisy else None
             derived = [denoised]
             for j, r in enumerate(points):
-                sigma_r = sigmas_at[j]
+                final = j == len(points) - 1
+                sigma_r = sigma_of[r]
                 terms = [((sigma_r / s) * math.exp(-r * eta * h), x)]
-                terms += self.stage_combination(j + 1 if r < 1 else 0, h_eta, derived)
+                terms += self.stage_combination(0 if final else j + 1, h_eta, derived)
                 noise = None
                 if noisy:
-                    noise = (event, [sigma_r * s_noise * c for c in brownian_stage_noise(points[:j + 1], eta * h)])
-                if r < 1:
+                    upto = distinct[:distinct.index(r) + 1]
+                    noise = (event, [sigma_r * s_noise * c for c in brownian_stage_noise(upto, eta * h)])
+                if not final:
                     stage_x = yield combine(terms, noise)
                     derived.append((yield Denoise(stage_x, sigma_r, fuse=False)))
                 else:
@@ -79,20 +89,31 @@ class Seeds1(_Seeds):
         return [(-math.expm1(-h_eta), d[0])]
 
 
+SOLVER_TYPE = Option("phi_1", one_of("phi_1", "phi_2"), "'phi_1' or 'phi_2'")
+
+
+def unit_interval_half_open(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1
+
+
 class Seeds2(_Seeds):
     name = "seeds_2"
     order = 2
     order_note = "2 (ODE, eta = 0); 1 strong (SDE)"
     nfe_per_step = "2 (1 on the last step to 0)"
     summary = "SEEDS-2 (ComfyUI sample_seeds_2), phi_1 or phi_2 final combination"
-    options = {**NOISE_OPTIONS, "r": Option(0.5, unit_interval_open, "a number in (0, 1)"),
-               "solver_type": Option("phi_1", one_of("phi_1", "phi_2"), "'phi_1' or 'phi_2'")}
+    options = {**NOISE_OPTIONS, "r": Option(0.5, unit_interval_half_open, "a number in (0, 1]"),
+               "solver_type": SOLVER_TYPE}
+
+    def fraction(self) -> float:
+        """r, the stage's fraction of the step."""
+        return self.config["r"]
 
     def stage_fractions(self):
-        return [self.config["r"]]
+        return [self.fraction()]
 
     def stage_combination(self, stage, h_eta, d):
-        r = self.config["r"]
+        r = self.fraction()
         if stage == 1:
             return [(-math.expm1(-r * h_eta), d[0])]
         if self.config["solver_type"] == "phi_2":
@@ -129,3 +150,31 @@ class Seeds3(_Seeds):
             return [(-(math.expm1(-r_2 * h_eta) - a32), d[0]), (-a32, d[1])]
         b3 = phi2(-h_eta) / r_2
         return [(-(math.expm1(-h_eta) - b3), d[0]), (-b3, d[2])]
+
+
+class ExpHeun2X0(Seeds2):
+    name = "exp_heun_2_x0"
+    order = 2
+    order_note = "2"
+    nfe_per_step = "2 (1 on the last step to 0)"
+    stochastic = False
+    summary = "exponential Heun in data prediction = SEEDS-2 with r = 1, eta = 0 (ComfyUI sample_exp_heun_2_x0)"
+    options = {"solver_type": Option("phi_2", SOLVER_TYPE.check, SOLVER_TYPE.valid)}
+
+    def fraction(self) -> float:
+        return 1.0
+
+    def noise_levels(self):
+        return 0.0, 0.0
+
+
+class ExpHeun2X0SDE(Seeds2):
+    name = "exp_heun_2_x0_sde"
+    order = 2
+    order_note = "2 (ODE, eta = 0); 1 strong (SDE)"
+    nfe_per_step = "2 (1 on the last step to 0)"
+    summary = "stochastic exponential Heun = SEEDS-2 with r = 1 (ComfyUI sample_exp_heun_2_x0_sde)"
+    options = {**NOISE_OPTIONS, "solver_type": Option("phi_2", SOLVER_TYPE.check, SOLVER_TYPE.valid)}
+
+    def fraction(self) -> float:
+        return 1.0
