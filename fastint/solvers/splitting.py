@@ -58,9 +58,12 @@ the diffusion part, as in the reference, the eps history was evaluated at points
 the diffusion sub-flow through the current point (by O(h) per step), and the Adams-Bashforth extrapolation turns that
 into an O(h) error of eps_mixed: the global order of ``lie_trotter`` and ``strang`` with PLMS is 1 (measured), and
 Strang's gain is a smaller constant and stability at high guidance scales, not the order. ``diffusion_solver="heun"``
-(EDM Heun from x' at g_s to g_t, self-starting, 2 model evaluations per step) keeps the splitting order: Strang then
-measures 2 when its Euler half steps integrate the guidance exactly enough (a guidance term linear in g, e.g. a
-linear classifier; an x-dependent gradient adds an O(h) term of the explicit half steps).
+(EDM Heun from x' at g_s to g_t, self-starting, 2 model evaluations per step) keeps the splitting order: Strang with
+``second_half="endpoint"`` then measures 2 when its Euler half steps integrate the guidance exactly enough (a
+guidance term linear in g, e.g. a linear classifier; an x-dependent gradient adds an O(h) term of the explicit half
+steps); the authors' second half coefficient measures 1 there (1.2 at 16-64 steps). Measured comparison of the two
+forms: docs/restart_and_splitting.md (neither wins everywhere: ``endpoint`` at few steps, ``authors`` by a few per
+cent at w = 3-8 from 15-20 steps on).
 
 On a last step to sigma = 0 PLMS keeps its formula (x + dg eps_mixed). No noise. The unguided eps history of the
 split methods is the model's own; the ``plms`` history holds the guided eps (as the baseline of the paper).
@@ -193,9 +196,8 @@ class LieTrotter(_Guided):
 class Strang(_Guided):
     name = "strang"
     order = 1
-    order_note = ("1 (PLMS eps history, or second_half='authors'); 2 with exact or heun sub-solves and "
-                  "second_half='endpoint'")
-    nfe_per_step = "1 (+ 2 guidance gradients, also on the last step; 'endpoint': none on a last step to 0)"
+    order_note = "1 with the PLMS eps history; 2 with exact or heun sub-solves and second_half='endpoint'"
+    nfe_per_step = "1 (+ 2 guidance gradients; with second_half='endpoint' 1 gradient on a last step to 0)"
     summary = "Strang splitting for classifier guidance (STSP): half guidance, PLMS, half guidance at the new point"
     split = "strang"
     options = {**SPLIT_OPTIONS,
