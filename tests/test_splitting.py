@@ -196,10 +196,13 @@ def test_fastint_orders_on_a_linear_classifier():
 def test_strang_beats_plms_at_few_steps_and_high_guidance():
     """The regime of the paper's claim: at guidance scale 8, Strang with 10 steps is closer to the exact guided ODE
     solution than plms with 15 steps (measured ratio of steps at equal error about 1.8; docs/restart_and_splitting.md).
-    Reference: the guided probability-flow ODE integrated by DOP853."""
+    Reference: the guided probability-flow ODE integrated by DOP853. plms's error at 15 steps is heavy-tailed over
+    the samples (a few diverge): over 16 seeds at batch 48 it ranged 0.30-4.7 and strang10 / plms15 reached 0.50;
+    at batch 160, over 8 seeds, strang10 / plms15 = 0.10-0.18 (authors' form) and lie_trotter10 <= 0.40 < plms15
+    >= 0.90."""
     gm = default_mixture()
     gen = torch.Generator().manual_seed(_fresh_seed())
-    batch, s_max, s_min, w = 48, 80.0, 0.002, 8.0
+    batch, s_max, s_min, w = 160, 80.0, 0.002, 8.0
     x0 = torch.randn(batch, 2, generator=gen, dtype=torch.float64) * s_max
     guidance = mixture_class_guidance(gm, torch.randint(0, 8, (batch,), generator=gen))
 
