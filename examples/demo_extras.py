@@ -211,7 +211,7 @@ def format_sections(restart_rows: List[Dict], guided_rows: List[Dict]) -> str:
         else:
             out.append(f"      w={w:g}: plms needs " + ", ".join("%.2fx" % r if r else "<= 1x" for r in ratios)
                        + f" the steps of strang at {at} steps for the same error")
-    out.append("gradients per step: plms 1, lie_trotter 1, strang 2 (1 on a last step to 0); one model call per "
+    out.append("gradients per step: plms 1, lie_trotter 1, strang 2 (also on a last step to 0); one model call per "
                "step each.")
     return "\n".join(out)
 

@@ -25,12 +25,8 @@ def _model(proc, tgt):
     return net, PSLDEps(net, proc)
 
 
-@pytest.mark.parametrize("method", ["em", "sscs"])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0].name}-b1={c[0].b1}")
-@pytest.mark.parametrize("striding", ["linear", "quadratic"])
-def test_parity_with_injected_noise(case, method, striding):
-    proc, ref = case
-    gen = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31, (1,))))
+def _parity_error(proc, ref, method, striding, seed, **options):
+    gen = torch.Generator().manual_seed(seed)
     tgt = AugmentedTarget(default_mixture(), proc)
     net, model = _model(proc, tgt)
     n = 6
@@ -39,11 +35,35 @@ def test_parity_with_injected_noise(case, method, striding):
     halves = iter([c.contiguous() for z in noises for c in torch.chunk(z, 2, dim=1)])
     whole = iter(noises)
     out = sample_augmented(proc, model, x, v, steps=n, method=method, striding=striding, timing="reference",
-                           noise_sampler=lambda a, b: next(halves), backend="eager",
-                           variance_eps=1e-9 if isinstance(proc, PSLD) else 0.0)
+                           noise_sampler=lambda a, b: next(halves), backend="eager", **options)
     expect = getattr(ref, method)(net, torch.cat((x, v), 1), n, lambda: next(whole), striding=striding)
-    err = (torch.cat(out, 1) - expect).abs().max().item()
+    return (torch.cat(out, 1) - expect).abs().max().item()
+
+
+@pytest.mark.parametrize("method", ["em", "sscs"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0].name}-b1={c[0].b1}")
+@pytest.mark.parametrize("striding", ["linear", "quadratic"])
+def test_parity_with_injected_noise(case, method, striding):
+    """At the defaults: PSLD's SSCS adds PSLD's numerical epsilon 1e-9 to its half-step covariances as PSLD's code
+    does (``variance_eps=None`` -> ``PSLD.sscs_variance_eps``), CLD's none (CLD-SGM's ``sscs_num_stab`` = 0).
+    Measured: <= 4e-14 (with variance_eps = 0 PSLD's SSCS is 5e-8 to 1.6e-7 off)."""
+    proc, ref = case
+    err = _parity_error(proc, ref, method, striding, int(torch.randint(0, 2 ** 31, (1,))))
     assert err < 1e-10, err
+
+
+def test_psld_sscs_epsilon_is_visible_to_the_parity_test():
+    """Without PSLD's epsilon (``variance_eps=0``) the parity test's tolerance sees the difference; bad values are
+    named."""
+    proc, ref = CASES[2]
+    assert PSLD.sscs_variance_eps == 1e-9 and CLD.sscs_variance_eps == 0.0
+    assert _parity_error(proc, ref, "sscs", "linear", 20261126, variance_eps=0.0) > 1e-9
+    assert _parity_error(proc, ref, "sscs", "linear", 20261126, variance_eps=1e-9) < 1e-10
+    tgt = AugmentedTarget(default_mixture(), proc)
+    x, v = tgt.prior(3)
+    for bad in (-1e-9, float("nan"), "1e-9", True):
+        with pytest.raises(ValueError, match="variance_eps must be None"):
+            sample_augmented(proc, ExactScore(tgt), x, v, steps=2, method="sscs", variance_eps=bad)
 
 
 def test_exact_score_matches_autograd_of_the_marginal_density():

@@ -92,6 +92,7 @@ class AugmentedProcess:
 
     name = "augmented"
     second = "v"  # the name of the auxiliary coordinate
+    sscs_variance_eps = 0.0  # added to the diagonal of SSCS half-step covariances by the process's published code
 
     # -- the schedule -------------------------------------------------------------------------------------------
     def _check_schedule(self):
@@ -190,6 +191,7 @@ class CLD(AugmentedProcess):
 
     name = "CLD"
     second = "v"
+    sscs_variance_eps = 0.0  # CLD-SGM's SSCS: sscs_num_stab, 0 by default
 
     def __post_init__(self):
         self._check_schedule()
@@ -237,6 +239,7 @@ class PSLD(AugmentedProcess):
 
     name = "PSLD"
     second = "m"
+    sscs_variance_eps = 1e-9  # PSLD's SSCSSampler adds its numerical_eps (1e-9 in every published config)
 
     def __post_init__(self):
         self._check_schedule()

@@ -211,7 +211,7 @@ def sample_augmented(process: AugmentedProcess, model: AugmentedModel, x: torch.
                      eps: float = 1e-3, striding: str = "linear", denoise: bool = True, timing: str = "reference",
                      lam: float = 0.0, lam_matrix: str = "identity", eta: float = 1.0, seed=None,
                      noise_sampler: Optional[Callable] = None, backend: Optional[str] = None,
-                     numerical_eps: float = NUMERICAL_EPS, variance_eps: float = 0.0,
+                     numerical_eps: float = NUMERICAL_EPS, variance_eps: Optional[float] = None,
                      callback: Optional[Callable] = None
                      ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Sample the reverse process of ``process`` from ``(x, v)`` at ``ts[0]`` down to ``ts[-1]`` (then denoise to 0).
@@ -231,7 +231,9 @@ def sample_augmented(process: AugmentedProcess, model: AugmentedModel, x: torch.
             reverse SDE, 0 the probability-flow ODE (module docstring).
         seed / noise_sampler: in-kernel Philox noise seeds (int: sample b uses seed + b) or injected noise.
         numerical_eps: the diagonal regulariser of the conjugate methods' kernel covariance (as the adapters).
-        variance_eps: added to the diagonal of SSCS half-step covariances (CLD-SGM's ``sscs_num_stab``, PSLD's 1e-9).
+        variance_eps: added to the diagonal of SSCS half-step covariances; None (default): the process's published
+            code's value, ``process.sscs_variance_eps`` (PSLD 1e-9, its ``numerical_eps``; CLD 0, CLD-SGM's default
+            ``sscs_num_stab``). With 0 PSLD's SSCS differs from PSLD's code by up to 1.8e-7 relative.
         callback: ``callback({'i', 't', 'x', 'v'})`` after each step.
     Returns: the final ``(x, v)`` (new tensors).
     """
@@ -249,6 +251,12 @@ def sample_augmented(process: AugmentedProcess, model: AugmentedModel, x: torch.
     if x.shape != v.shape or x.dtype != v.dtype or x.device != v.device:
         raise ValueError(f"x and {process.second} must have the same shape, dtype and device: got "
                          f"{tuple(x.shape)} {x.dtype} {x.device} and {tuple(v.shape)} {v.dtype} {v.device}")
+    if variance_eps is None:
+        variance_eps = process.sscs_variance_eps
+    elif not (isinstance(variance_eps, (int, float)) and not isinstance(variance_eps, bool)
+              and math.isfinite(variance_eps) and variance_eps >= 0):
+        raise ValueError(f"variance_eps must be None (the process's published value) or a finite number >= 0, "
+                         f"got {variance_eps!r}")
     if timing not in ("midpoint", "reference"):
         raise ValueError(f"timing must be 'midpoint' or 'reference', got {timing!r}")
     if not (isinstance(lam, (int, float)) and math.isfinite(lam)):
