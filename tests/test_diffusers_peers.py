@@ -39,6 +39,8 @@ def _one_thread():
 def model(x: torch.Tensor, t) -> torch.Tensor:
     """A deterministic eps / v 'network' of (x, t): nonlinear in x, smooth in t."""
     u = torch.as_tensor(t, dtype=torch.float32) / 1000
+    if u.dim() == 1:   # a timestep batch (fastint's adapters pass one per sample)
+        u = u.view((-1,) + (1,) * (x.dim() - 1))
     return torch.tanh(0.8 * x + 0.5 * x.roll(1, -1)) * (0.6 + 0.4 * u) + 0.2 * torch.sin(3 * u) * x
 
 
@@ -270,3 +272,42 @@ def test_options_fastint_cannot_follow_are_refused_by_name():
     # the same options at their defaults, or dropped with None, are accepted
     FastintScheduler.from_config(dpm(euler_at_final=True).config, solver="seeds_2", euler_at_final=None)
     FastintSEEDSScheduler.from_config(dpm().config)
+
+
+# -- attributes and part-way starts on fastint's own grid -------------------------------------------------------------
+def test_betas_round_trip_and_construction_attributes(tmp_path):
+    betas = torch.linspace(1e-4, 0.03, 300, dtype=torch.float64).tolist()
+    scheduler = FastintScheduler(trained_betas=betas, num_train_timesteps=300, solver="seeds_3")
+    scheduler.save_config(tmp_path)
+    loaded = FastintScheduler.from_pretrained(tmp_path)
+    assert torch.equal(loaded.betas, torch.tensor(betas, dtype=torch.float32))
+    assert torch.equal(loaded.alphas_cumprod, scheduler.alphas_cumprod)
+    assert loaded.timesteps.tolist() == list(range(299, -1, -1)) and loaded.order == 3
+    ddpm = DDPMScheduler()
+    assert torch.equal(FastintScheduler.from_config(ddpm.config).betas, ddpm.betas)
+
+
+def test_part_way_start_on_fastints_grid_equals_sampling_the_tail():
+    """set_begin_index(t_start * order) + add_noise, as img2img does, equals fastint.sample from the same state on
+    the grid's tail; a start inside a Heun step is refused."""
+    import fastint
+    from fastint.models import DiscreteVPDenoiser
+
+    scheduler = FastintScheduler.from_config(DDPMScheduler(clip_sample=False).config, solver="heun")
+    scheduler.set_timesteps(5)
+    t_start = 2
+    scheduler.set_begin_index(t_start * scheduler.order)
+    timesteps = scheduler.timesteps[t_start * scheduler.order:]
+    x0, z = noise("x0"), noise("z")
+    x = scheduler.add_noise(x0, z, timesteps[:1])
+    x_ve = x * math.sqrt(1 + float(scheduler.sigmas[t_start]) ** 2)
+    for t in timesteps:
+        x = scheduler.step(model(scheduler.scale_model_input(x, t), t), t, x).prev_sample
+    adapter = DiscreteVPDenoiser(model, scheduler.alphas_cumprod)
+    want = fastint.sample(adapter, x_ve, scheduler.sigmas[t_start:], "heun")
+    assert rel(x, want) < 1e-5
+    assert rel(x_ve, x0 + float(scheduler.sigmas[t_start]) * z) < 1e-6   # add_noise at the start's noise level
+    scheduler.set_timesteps(5)
+    scheduler.set_begin_index(3)                                          # the second call of a Heun step
+    with pytest.raises(ValueError, match="first model call"):
+        scheduler.step(model(x, scheduler.timesteps[3]), scheduler.timesteps[3], x)
