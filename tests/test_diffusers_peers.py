@@ -135,6 +135,19 @@ def test_grid_coordinates_and_attributes_are_the_peers():
         t = peer.timesteps[0]
         assert torch.equal(ours.scale_model_input(x, t), peer.scale_model_input(x, t))
     assert FastintHeunScheduler.from_config(HeunDiscreteScheduler().config).order == 2
+    # a saved config (with its class name) that lacks entries: the source class's defaults, as diffusers reads it
+    saved = {"_class_name": "EulerDiscreteScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+             "beta_end": 0.012, "num_train_timesteps": 1000}
+    ours = FastintScheduler.from_config(saved, solver="euler")
+    assert ours.config.peer == "EulerDiscreteScheduler" and ours.config.timestep_spacing == "linspace"
+    peer = EulerDiscreteScheduler.from_config(saved)
+    ours.set_timesteps(6)
+    peer.set_timesteps(6)
+    assert ours.timesteps.tolist() == peer.timesteps.tolist()
+    # a fastint config with a peer survives save / load
+    reloaded = FastintScheduler.from_config(dict(ours.config))
+    reloaded.set_timesteps(6)
+    assert reloaded.config.peer == "EulerDiscreteScheduler" and torch.equal(reloaded.sigmas, ours.sigmas)
 
 
 def test_fastint_grid_and_coordinates_remain_available():

@@ -7,22 +7,34 @@ diffusers pipelines run ``for t in scheduler.timesteps: out = model(sample, t); 
 sample).prev_sample``: one model call per ``step``. A fastint solver is a host program run by ``fastint.executor``,
 which yields each network evaluation it needs (the model input, in the model's coordinates) and receives the
 network output. ``FastintScheduler`` drives that generator from ``step`` in the pipeline's own thread: each
-``step`` sends the output for the pending evaluation and returns the next model input as ``prev_sample`` (or the
-final result). No helper thread: whatever the caller's thread set (``fastint.use_backend``, ``torch.autocast``,
+``step`` sends the output for the pending evaluation and returns the next model input (model coordinates) or the
+state it is made from (VE coordinates) as ``prev_sample`` (or the final result). No helper thread: whatever the caller's thread set (``fastint.use_backend``, ``torch.autocast``,
 grad mode, the CUDA stream) applies, and the result is ``fastint.sample(adapter(model), x, sigmas, solver,
 seed=...)`` (same executor, same op calls; the first model output is the pipeline's, made at its own sample rather
 than at ``c_in x~_0``, which differs from it by rounding). An abandoned run leaves nothing behind: the next ``set_timesteps``
 starts a fresh one. A run is bound to the pipeline driving it: a ``step`` from another thread during a run, or with
 a timestep that is not the pending one (two pipelines interleaving their steps), raises a clear error.
 
-- ``timesteps`` holds one entry per model call (like diffusers' ``HeunDiscreteScheduler``); they come from the
-  recorded program (the noise levels a solver asks for never depend on tensor values) through the same adapter, so
-  they equal the timesteps the adapter would pass to the model.
-- The pipeline's sample is kept in the MODEL's coordinates (``x_vp = alpha x~`` for VP models, ``x_flow = (1 - t) x~``
-  for rectified flow), like ``DDIMScheduler`` / ``FlowMatchEulerDiscreteScheduler``: ``init_noise_sigma = 1`` and
-  ``scale_model_input`` is the identity, so pipelines that call it (Stable Diffusion) and pipelines that do not
-  (``DDPMPipeline``) both work. The initial pure-noise sample is read as the model-coordinate state at the first
-  noise level: ``x~_0 = sample / alpha_0``.
+- ``timesteps`` holds one entry per model call (like diffusers' ``HeunDiscreteScheduler``); ``order`` is the number
+  of model calls per solver step (Heun 2), as pipelines use it for part-way starts.
+- The grid follows the scheduler whose config it is built from (``peer``): ``from_config`` of a
+  ``DPMSolverMultistepScheduler``, ``EulerDiscreteScheduler`` or ``HeunDiscreteScheduler`` config builds that
+  scheduler and takes its noise levels and timesteps (every spacing / sigma / final-sigma option of it applies, as
+  diffusers computes them); other configs (DDPM, DDIM, flow matching) get fastint's own grid (``peer="fastint"``
+  asks for it explicitly). Entries the source config left at its class's defaults keep those defaults.
+- State coordinates: "model" (``DPMSolverMultistepScheduler`` / ``DDIMScheduler``'s: ``x_vp = alpha x~`` for VP
+  models, ``x_flow = (1 - t) x~`` for rectified flow; ``init_noise_sigma = 1``, ``scale_model_input`` is the
+  identity; the initial sample is read as the model-coordinate state at the first noise level) or "ve" (Euler's
+  and Heun's: the sample is ``x~``, ``init_noise_sigma`` is theirs, ``scale_model_input`` divides by
+  ``sqrt(sigma^2 + 1)``). Default: the peer's; ``coordinates=`` overrides.
+- From a DPM config, ``dpmpp_2m`` / ``dpmpp_3m`` step as ``DPMSolverMultistepScheduler`` does (its warm-up, lower
+  order final steps, ``solver_type``: ``fastint.integrations.diffusers_dpm``); with no solver named the config's
+  ``solver_order`` / ``algorithm_type`` pick it.
+- ``thresholding`` / ``clip_sample`` act on the data prediction: the model output handed to the solver is the one
+  whose data prediction is the thresholded / clipped one. Options with no fastint counterpart raise, naming them.
+- Part-way starts (img2img, inpainting): ``set_begin_index(k)`` starts the next run at model call k (the first call
+  of a solver step), on the grid's tail; ``add_noise`` uses the noise level diffusers' schedulers pick (the begin
+  index before the run, the pending call during it) in the scheduler's coordinates.
 - A sample the pipeline changed between steps (inpainting masks, ``callback_on_step_end``) is written back into the
   solver's state before the model output is used.
 - Model outputs are copied when the solver keeps them past the next model call (the pipeline still holds them).
@@ -152,9 +164,9 @@ def _init_defaults(cls) -> dict:
 
 
 def _source_class(config: dict):
-    """The diffusers scheduler class a config comes from: its ``_class_name`` (saved configs), else the one
-    scheduler class whose ``__init__`` takes exactly the config's keys (``scheduler.config`` has no class name);
-    None for fastint's own configs and unknown ones."""
+    """The diffusers scheduler class a config comes from: its ``_class_name`` (saved configs), else the scheduler
+    class whose ``__init__`` takes exactly the config's keys (``scheduler.config`` has no class name; when several
+    do, one of them if they have the same defaults); None for fastint's own configs and unknown ones."""
     name = config.get("_class_name")
     if isinstance(name, str):
         source = getattr(diffusers, name, None)
@@ -166,7 +178,12 @@ def _source_class(config: dict):
         cls = getattr(diffusers, candidate, None)
         if isinstance(cls, type) and set(_init_defaults(cls)) == keys:
             matches.append(cls)
-    return matches[0] if len(matches) == 1 else None
+    if len(matches) > 1 and any(m.__name__ in PEERS for m in matches):
+        return None
+    # classes with the same options and defaults (KDPM2 and its ancestral form, ...) mean the same defaults
+    same = all(_init_defaults(m).keys() == _init_defaults(matches[0]).keys() and
+               all(_same(v, _init_defaults(m)[k]) for k, v in _init_defaults(matches[0]).items()) for m in matches)
+    return matches[0] if matches and same else None
 
 
 def _decreasing(alphas_cumprod: torch.Tensor) -> torch.Tensor:
@@ -369,7 +386,7 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
                         "euler_at_final": dpm["euler_at_final"]}
             return solver, options, emulated
         bad = [f"{k}={dpm[k]!r}" for k, default in DPM_OPTIONS.items()
-               if k not in consumed and not _same(dpm[k], default)]
+               if on_dpm and k not in consumed and not _same(dpm[k], default)]
         if bad:
             raise ValueError(f"{name}: {', '.join(bad)} describe(s) DPMSolverMultistepScheduler's steps, which "
                              f"solver {solver!r} does not take; drop the option(s) (pass them as None) or use "
