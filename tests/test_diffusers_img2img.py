@@ -119,3 +119,20 @@ def test_part_way_pipelines_equal_the_replaced_scheduler(components, pipeline, p
         results[strength] = got
     # the strengths matter: the images differ by far more than the tolerance
     assert np.abs(results[0.3] - results[0.6]).max() > 1e-3 and np.abs(results[0.6] - results[1.0]).max() > 1e-3
+
+
+@pytest.mark.parametrize("pipeline", sorted(PIPELINES))
+def test_part_way_pipelines_with_a_multistage_solver(components, pipeline):
+    """SEEDS-3 (3 model calls per step, 1 on the last) on Euler's grid in Euler's coordinates: the expected number of
+    calls at every strength, finite images, different ones for another seed."""
+    pipeline_class, inputs = PIPELINES[pipeline]
+    config = EulerDiscreteScheduler().config
+    for strength in (0.3, 0.6, 1.0):
+        scheduler = FastintScheduler.from_config(config, solver="seeds_3")
+        assert scheduler.order == 3
+        scheduler.set_seed(11)
+        first, calls = _run(pipeline_class, components, scheduler, strength, **inputs())
+        assert calls == 3 * int(STEPS * strength) - 2 and np.isfinite(first).all()
+    scheduler.set_seed(12)
+    other, _ = _run(pipeline_class, components, scheduler, 1.0, **inputs())
+    assert np.abs(other - first).max() > 1e-4

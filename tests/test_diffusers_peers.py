@@ -324,3 +324,26 @@ def test_part_way_start_on_fastints_grid_equals_sampling_the_tail():
     scheduler.set_begin_index(3)                                          # the second call of a Heun step
     with pytest.raises(ValueError, match="first model call"):
         scheduler.step(model(x, scheduler.timesteps[3]), scheduler.timesteps[3], x)
+
+
+def test_any_solver_on_a_peers_grid_in_ve_coordinates_equals_fastint_sample():
+    """SEEDS-2 (stochastic, stage calls between the grid's levels) on Euler's grid with Euler's coordinates is
+    fastint.sample from the same VE state on the same sigmas with the same seed (the model ignores t here: the
+    stage calls' timesteps are interpolated floats, the grid's are Euler's)."""
+    import fastint
+    from fastint.models import DiscreteVPDenoiser
+
+    def plain(x, t):
+        return torch.tanh(0.8 * x + 0.5 * x.roll(1, -1))
+
+    scheduler = FastintScheduler.from_config(EulerDiscreteScheduler(timestep_spacing="trailing").config,
+                                             solver="seeds_2")
+    scheduler.set_timesteps(5, seed=21)
+    x = x_ve = noise("seeds on euler") * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        x = scheduler.step(plain(scheduler.scale_model_input(x, t), t), t, x).prev_sample
+    want = fastint.sample(DiscreteVPDenoiser(plain, scheduler.alphas_cumprod), x_ve, scheduler.sigmas, "seeds_2",
+                          seed=21)
+    assert rel(x, want) < 1e-5
+    assert rel(fastint.sample(DiscreteVPDenoiser(plain, scheduler.alphas_cumprod), x_ve, scheduler.sigmas, "seeds_2",
+                              seed=22), want) > 1e-3
