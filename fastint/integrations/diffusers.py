@@ -60,7 +60,6 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-import diffusers
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
 from diffusers.utils import BaseOutput
@@ -72,6 +71,8 @@ from ..solvers.program import Denoise
 from ..schedules import (alphas_cumprod_from_betas, betas_linear, betas_scaled_linear, exponential, flow, karras,
                          vp_discrete)
 from ..solvers import SOLVERS, get_solver
+from .diffusers_config import (DPM_OPTIONS, DPM_SDE_SOLVERS, DPM_SOLVERS, GRID_OPTIONS, PEERS, VE_PEERS,
+                              decreasing, dynamic_threshold, same, source_defaults)
 from .diffusers_dpm import DiffusersDPMSolverPP
 
 __all__ = ["FastintScheduler", "FastintSEEDSScheduler", "FastintRestartScheduler", "FastintDPMSolverScheduler",
@@ -82,25 +83,11 @@ PREDICTION_TYPES = VP_PREDICTIONS + ("flow",)
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 SIGMA_SCHEDULES = ("discrete", "karras", "exponential")
 COORDINATES = ("model", "ve")
-# the diffusers schedulers whose grid (and, Euler / Heun, VE state coordinates) a config of theirs brings along
-PEERS = {"DPMSolverMultistepScheduler": diffusers.DPMSolverMultistepScheduler,
-         "EulerDiscreteScheduler": diffusers.EulerDiscreteScheduler,
-         "HeunDiscreteScheduler": diffusers.HeunDiscreteScheduler}
-VE_PEERS = ("EulerDiscreteScheduler", "HeunDiscreteScheduler")
-# options that shape the noise-level grid: a peer's grid implements them; fastint's own grid only their defaults
-GRID_OPTIONS = {"use_beta_sigmas": False, "use_lu_lambdas": False, "use_flow_sigmas": False, "final_sigmas_type": "zero",
-                "lambda_min_clipped": -math.inf, "interpolation_type": "linear", "timestep_type": "discrete",
-                "sigma_min": None, "sigma_max": None, "flow_shift": 1.0, "time_shift_type": "exponential"}
-# how DPMSolverMultistepScheduler steps: followed by dpmpp_2m / dpmpp_3m on its grid, refused with any other solver
-DPM_OPTIONS = {"solver_order": 2, "algorithm_type": "dpmsolver++", "solver_type": "midpoint", "lower_order_final": True,
-               "euler_at_final": False}
-DPM_SOLVERS = {1: "ddim", 2: "dpmpp_2m", 3: "dpmpp_3m"}
-DPM_SDE_SOLVERS = {2: "dpmpp_2m_sde", 3: "dpmpp_3m_sde"}
 
 
 @dataclass
 class FastintSchedulerOutput(BaseOutput):
-    """``prev_sample``: the next model input (or the final result), in the model's coordinates;
+    """``prev_sample``: the next sample (or the final result), in the scheduler's coordinates;
     ``pred_original_sample``: the latest denoised estimate (updated once per solver step), or None."""
 
     prev_sample: torch.Tensor
@@ -131,84 +118,6 @@ def _cosine_betas(n_train: int) -> torch.Tensor:
     f = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
     return torch.tensor([min(1 - f((i + 1) / n_train) / f(i / n_train), 0.999) for i in range(n_train)],
                         dtype=torch.float32)
-
-
-def _source_defaults(config: dict, kwargs: dict) -> dict:
-    """A diffusers scheduler's config with the entries its class left at their defaults filled in (diffusers'
-    ``from_config`` would replace them by the target's defaults: Heun's betas, DPM's "linspace" spacing), ``peer``
-    set to its class when fastint follows that class's grid, and a clear error for an option set to something else
-    than its default that fastint's schedulers have no counterpart of."""
-    source = _source_class(config)
-    if source is None:
-        return config
-    name = source.__name__
-    defaults = _init_defaults(source)
-    config = dict(config)
-    config.pop("_use_default_values", None)
-    for key, value in defaults.items():
-        config.setdefault(key, value)
-    accepted = set(inspect.signature(FastintScheduler.__init__).parameters)
-    foreign = sorted(k for k, v in config.items() if not k.startswith("_") and k not in accepted and k not in kwargs
-                     and k in defaults and not _same(v, defaults[k]))
-    if foreign:
-        raise ValueError(f"fastint's diffusers schedulers do not implement the {name} option(s) "
-                         f"{', '.join(f'{k}={config[k]!r}' for k in foreign)}; use a config without them")
-    if name in PEERS and "peer" not in kwargs:
-        config["peer"] = name
-    return config
-
-
-def _init_defaults(cls) -> dict:
-    return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
-            if k != "self" and p.default is not inspect.Parameter.empty}
-
-
-def _source_class(config: dict):
-    """The diffusers scheduler class a config comes from: its ``_class_name`` (saved configs), else the scheduler
-    class whose ``__init__`` takes exactly the config's keys (``scheduler.config`` has no class name; when several
-    do, one of them if they have the same defaults); None for fastint's own configs and unknown ones."""
-    name = config.get("_class_name")
-    if isinstance(name, str):
-        source = getattr(diffusers, name, None)
-        known = isinstance(source, type) and issubclass(source, SchedulerMixin)
-        return source if known and not issubclass(source, FastintScheduler) else None
-    keys = {k for k in config if not k.startswith("_")}
-    matches = []
-    for candidate in FastintScheduler._compatibles:
-        cls = getattr(diffusers, candidate, None)
-        if isinstance(cls, type) and set(_init_defaults(cls)) == keys:
-            matches.append(cls)
-    if len(matches) > 1 and any(m.__name__ in PEERS for m in matches):
-        return None
-    # classes with the same options and defaults (KDPM2 and its ancestral form, ...) mean the same defaults
-    same = all(_init_defaults(m).keys() == _init_defaults(matches[0]).keys() and
-               all(_same(v, _init_defaults(m)[k]) for k, v in _init_defaults(matches[0]).items()) for m in matches)
-    return matches[0] if matches and same else None
-
-
-def _decreasing(alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """``alphas_cumprod`` made strictly decreasing for the adapter's sigma -> timestep map (diffusers' zero-terminal-
-    SNR schedules set the last entry to 2**-24, above the one before it)."""
-    a = alphas_cumprod.to(torch.float64).numpy().copy()
-    for i in range(1, len(a)):
-        if not a[i] < a[i - 1]:
-            a[i] = a[i - 1] * (1 - 1e-9)
-    return torch.from_numpy(a)
-
-
-def _same(a, b) -> bool:
-    try:
-        return bool(a == b) if not isinstance(a, (list, tuple, np.ndarray)) else list(a) == list(b)
-    except (TypeError, ValueError):
-        return False
-
-
-def _dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
-    """Imagen's dynamic thresholding (as diffusers' schedulers apply it to the data prediction): per sample, s =
-    the ``ratio`` quantile of |x0| clamped to [1, max_value]; x0 -> clamp(x0, -s, s) / s."""
-    flat = x0.reshape(x0.shape[0], -1)
-    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1, max=max_value).unsqueeze(1)
-    return (torch.clamp(flat, -s, s) / s).reshape(x0.shape)
 
 
 class FastintScheduler(SchedulerMixin, ConfigMixin):
@@ -289,7 +198,7 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
             self.betas = self._peer.betas.clone()
         else:
             bad = [f"{k}={cfg[k]!r}" for k, default in GRID_OPTIONS.items()
-                   if cfg.get(k) is not None and not _same(cfg[k], default)]
+                   if cfg.get(k) is not None and not same(cfg[k], default)]
             if bad:
                 raise ValueError(f"{name}: {', '.join(bad)} shape(s) a diffusers scheduler's grid, not fastint's: "
                                  "build from that scheduler's config (peer=...) or drop the option")
@@ -386,7 +295,7 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
                         "euler_at_final": dpm["euler_at_final"]}
             return solver, options, emulated
         bad = [f"{k}={dpm[k]!r}" for k, default in DPM_OPTIONS.items()
-               if on_dpm and k not in consumed and not _same(dpm[k], default)]
+               if on_dpm and k not in consumed and not same(dpm[k], default)]
         if bad:
             raise ValueError(f"{name}: {', '.join(bad)} describe(s) DPMSolverMultistepScheduler's steps, which "
                              f"solver {solver!r} does not take; drop the option(s) (pass them as None) or use "
@@ -411,7 +320,7 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
         kwargs = {k: cfg[k] for k in common | set(GRID_OPTIONS) if cfg.get(k) is not None}
         kwargs.update(prediction_type=prediction_type, use_karras_sigmas=sigma_schedule == "karras",
                       use_exponential_sigmas=sigma_schedule == "exponential")
-        refused = sorted(k for k in kwargs if k not in accepted and not _same(kwargs[k], GRID_OPTIONS.get(k, False)))
+        refused = sorted(k for k in kwargs if k not in accepted and not same(kwargs[k], GRID_OPTIONS.get(k, False)))
         if refused:
             raise ValueError(f"{name}: {', '.join(f'{k}={kwargs[k]!r}' for k in refused)} is not an option of "
                              f"{peer}, whose grid this scheduler follows")
@@ -435,7 +344,8 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
         if config is not None and not isinstance(config, Mapping) and hasattr(config, "config"):
             config = config.config
         if isinstance(config, Mapping):
-            config = _source_defaults(dict(config), kwargs)
+            config = source_defaults(dict(config), kwargs, set(inspect.signature(cls.__init__).parameters),
+                                     cls._compatibles)
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     @property
@@ -487,7 +397,7 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
     def _adapter(self, inner):
         if self.config.prediction_type == "flow":
             return FlowDenoiser(inner, timestep_scale=float(self.config.num_train_timesteps), prediction_type="flow")
-        return DiscreteVPDenoiser(inner, _decreasing(self.alphas_cumprod), prediction_type=self.config.prediction_type,
+        return DiscreteVPDenoiser(inner, decreasing(self.alphas_cumprod), prediction_type=self.config.prediction_type,
                                   quantize=self._quantize)
 
     def _sigma_grid(self, n: Optional[int], timesteps, sigmas, mu) -> torch.Tensor:
@@ -694,7 +604,7 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
         x = state.to(torch.float64)
         x0 = c_skip * x + c_out * output.to(torch.float64)
         if cfg.thresholding:
-            x0 = _dynamic_threshold(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
+            x0 = dynamic_threshold(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
         else:
             x0 = x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
         return ((x0 - c_skip * x) / c_out).to(output.dtype)
