@@ -347,3 +347,26 @@ def test_any_solver_on_a_peers_grid_in_ve_coordinates_equals_fastint_sample():
     assert rel(x, want) < 1e-5
     assert rel(fastint.sample(DiscreteVPDenoiser(plain, scheduler.alphas_cumprod), x_ve, scheduler.sigmas, "seeds_2",
                               seed=22), want) > 1e-3
+
+
+def test_dpm_step_orders_and_the_program_protocol():
+    """diffusers' order rule (warm-up 1, 2; lower-order final steps below 15 steps; the last step to 0 first order),
+    and a program that holds no tensor code (the fake executor of tests/test_solver_programs.py)."""
+    from fastint.integrations.diffusers_dpm import DiffusersDPMSolverPP
+    from test_solver_programs import FakeExecutor
+
+    def orders(n, final_zero=True, **options):
+        return list(DiffusersDPMSolverPP(**options)._orders(n, final_zero))
+
+    assert orders(8, solver_order=3) == [1, 2, 3, 3, 3, 3, 2, 1]
+    assert orders(16, solver_order=3) == [1, 2] + [3] * 13 + [1]
+    assert orders(16, False, solver_order=3) == [1, 2] + [3] * 14
+    assert orders(8, False, solver_order=3, lower_order_final=False) == [1, 2] + [3] * 6
+    assert orders(8, False, solver_order=2, euler_at_final=True, lower_order_final=False) == [1] + [2] * 6 + [1]
+    assert orders(4, False, solver_order=3, trailing_steps=1) == [1, 2, 3, 2]
+    assert orders(3, solver_order=3, schedule_steps=20) == [1, 2, 1]
+    sigmas = [14.6, 6.0, 2.5, 1.0, 0.4, 0.1, 0.0]
+    for options in ({"solver_order": 1}, {"solver_order": 2}, {"solver_order": 3, "solver_type": "heun"}):
+        fake = FakeExecutor()
+        fake.run(DiffusersDPMSolverPP(**options), sigmas)
+        assert sum(type(r).__name__ == "Denoise" for r in fake.requests) == len(sigmas) - 1

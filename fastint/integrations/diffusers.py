@@ -126,7 +126,7 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
     Config (diffusers names, so ``from_config(other_scheduler.config)`` carries them over): ``num_train_timesteps``,
     ``beta_start``, ``beta_end``, ``beta_schedule`` (linear, scaled_linear, squaredcos_cap_v2), ``trained_betas``,
     ``prediction_type`` (epsilon, v_prediction, sample, flow; None infers), ``timestep_spacing`` (leading,
-    linspace, trailing) and ``steps_offset`` for the discrete schedule, ``use_karras_sigmas`` /
+    linspace, trailing; None: the peer's default, "leading" on fastint's grid) and ``steps_offset``, ``use_karras_sigmas`` /
     ``use_exponential_sigmas`` (or ``sigma_schedule`` = discrete, karras, exponential; ``rho``), ``variance_type``
     (learned / learned_range: the model's extra variance channels are dropped), flow models: ``shift``,
     ``use_dynamic_shifting`` (then the pipeline passes ``mu`` to ``set_timesteps``); ``thresholding``
