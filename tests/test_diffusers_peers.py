@@ -200,6 +200,8 @@ def test_custom_timesteps_on_fastints_grid_and_bad_calls():
             scheduler.set_timesteps(5, timesteps=CUSTOM_TIMESTEPS)
         with pytest.raises(ValueError, match="exactly one"):
             scheduler.set_timesteps()
+    with pytest.raises(ValueError, match="mu"):
+        FastintScheduler.from_config(EulerDiscreteScheduler().config).set_timesteps(4, mu=1.0)
     with pytest.raises(ValueError, match="decreasing"):
         own.set_timesteps(timesteps=[10, 500])
     with pytest.raises(ValueError, match="karras"):     # diffusers' own refusal, passed on

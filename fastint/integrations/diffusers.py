@@ -495,6 +495,9 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError(f"{name}.set_timesteps: custom timesteps must be strictly decreasing training "
                                  f"timesteps in [0, {self.config.num_train_timesteps}), got {ts}")
         if self._peer is not None:
+            if mu is not None:
+                raise ValueError(f"{name}.set_timesteps: mu (dynamic shifting of a flow model's schedule) does not "
+                                 f"apply to {self._peer_name}'s grid")
             grid, known = self._peer_grid(num_inference_steps, timesteps, sigmas)
         else:
             grid = self._sigma_grid(num_inference_steps, timesteps, sigmas, mu)
