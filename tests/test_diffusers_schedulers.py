@@ -86,7 +86,7 @@ def test_ddpm_pipeline_equals_fastint_sample(solver):
     seed = torch.randint(0, 2 ** 31, (1,)).item()
     gen_seed = seed + 1
     unet = _unet(seed)
-    scheduler = FastintScheduler.from_config(DDPMScheduler().config, solver=solver)
+    scheduler = FastintScheduler.from_config(DDPMScheduler(clip_sample=False).config, solver=solver)
     scheduler.set_seed(seed)
     images, final, calls = _run_pipeline(unet, scheduler, gen_seed)
     assert calls == len(scheduler.timesteps)
@@ -105,13 +105,13 @@ def test_ddpm_pipeline_equals_fastint_sample(solver):
 
 
 def test_multistage_timesteps_one_per_model_call():
-    scheduler = FastintScheduler.from_config(DDPMScheduler().config, solver="seeds_3")
+    scheduler = FastintScheduler.from_config(DDPMScheduler(clip_sample=False).config, solver="seeds_3")
     scheduler.set_timesteps(4)
     # SEEDS-3: 3 calls per step, 1 on the last step to sigma = 0; stage timesteps lie between the step's
     assert len(scheduler.timesteps) == 3 * 3 + 1
     t = scheduler.timesteps.tolist()
     assert t == sorted(t, reverse=True)
-    heun = FastintHeunScheduler.from_config(DDPMScheduler().config)
+    heun = FastintHeunScheduler.from_config(DDPMScheduler(clip_sample=False).config)
     heun.set_timesteps(4)
     assert len(heun.timesteps) == 2 * 3 + 1
 
@@ -119,8 +119,8 @@ def test_multistage_timesteps_one_per_model_call():
 def test_v_prediction_and_named_subclasses():
     seed = torch.randint(0, 2 ** 31, (1,)).item()
     unet = _unet(seed)
-    config = DDPMScheduler(prediction_type="v_prediction", beta_schedule="scaled_linear", beta_start=0.00085,
-                           beta_end=0.012, timestep_spacing="trailing").config
+    config = DDPMScheduler(clip_sample=False, prediction_type="v_prediction", beta_schedule="scaled_linear",
+                           beta_start=0.00085, beta_end=0.012, timestep_spacing="trailing").config
     for cls, solver in ((FastintSEEDSScheduler, "seeds_2"), (FastintDPMSolverScheduler, "dpmpp_2m")):
         scheduler = cls.from_config(config)
         assert scheduler.config.solver == solver and scheduler.config.prediction_type == "v_prediction"
@@ -134,7 +134,7 @@ def test_v_prediction_and_named_subclasses():
 
 
 def test_restart_scheduler_named():
-    assert FastintRestartScheduler.from_config(DDPMScheduler().config).config.solver == "restart"
+    assert FastintRestartScheduler.from_config(DDPMScheduler(clip_sample=False).config).config.solver == "restart"
 
 
 @pytest.mark.parametrize("solver", ["euler", "heun", "seeds_2", "dpmpp_2m_sde"])
@@ -158,7 +158,8 @@ def test_stable_diffusion_style_loop():
     """A loop as Stable Diffusion's: latents * init_noise_sigma, scale_model_input, step(..., return_dict=False)."""
     seed = torch.randint(0, 2 ** 31, (1,)).item()
     unet = _unet(seed)
-    scheduler = FastintScheduler.from_config(DDPMScheduler(beta_schedule="squaredcos_cap_v2").config,
+    scheduler = FastintScheduler.from_config(DDPMScheduler(clip_sample=False,
+                                                           beta_schedule="squaredcos_cap_v2").config,
                                              solver="dpmpp_2m_sde", solver_options={"eta": 0.5})
     scheduler.set_timesteps(6, device="cpu", seed=[seed, seed + 100])
     latents = _initial_noise(seed) * scheduler.init_noise_sigma
@@ -175,7 +176,7 @@ def test_stable_diffusion_style_loop():
 def test_generator_seeding_is_reproducible():
     seed = torch.randint(0, 2 ** 31, (1,)).item()
     unet = _unet(seed)
-    config = DDPMScheduler().config
+    config = DDPMScheduler(clip_sample=False).config
     _, a, _ = _run_pipeline(unet, FastintScheduler.from_config(config, solver="seeds_1"), seed)
     _, b, _ = _run_pipeline(unet, FastintScheduler.from_config(config, solver="seeds_1"), seed)
     _, c, _ = _run_pipeline(unet, FastintScheduler.from_config(config, solver="seeds_1"), seed + 1)
@@ -189,7 +190,7 @@ def test_edited_sample_is_used():
     unet = _unet(seed)
 
     def run(edit):
-        scheduler = FastintScheduler.from_config(DDPMScheduler().config, solver="euler")
+        scheduler = FastintScheduler.from_config(DDPMScheduler(clip_sample=False).config, solver="euler")
         scheduler.set_timesteps(4)
         latents = _initial_noise(seed)
         with torch.no_grad():
@@ -218,7 +219,7 @@ def test_config_round_trip(tmp_path):
 # -- bad input --------------------------------------------------------------------------------------------------------
 def test_unknown_prediction_type_solver_and_option():
     with pytest.raises(ValueError, match="prediction_type"):
-        FastintScheduler.from_config(DDPMScheduler().config, prediction_type="score")
+        FastintScheduler.from_config(DDPMScheduler(clip_sample=False).config, prediction_type="score")
     with pytest.raises(ValueError, match="unknown solver"):
         FastintScheduler(solver="nope")
     with pytest.raises(TypeError, match="unknown option"):
@@ -240,7 +241,7 @@ def test_config_lacking_what_is_needed():
 
 
 def test_model_error_and_abandoned_runs():
-    scheduler = FastintScheduler.from_config(DDPMScheduler().config, solver="heun")
+    scheduler = FastintScheduler.from_config(DDPMScheduler(clip_sample=False).config, solver="heun")
     scheduler.set_timesteps(3)
     x = torch.randn(2, 4)
     out = scheduler.step(torch.randn(2, 4), scheduler.timesteps[0], x).prev_sample
@@ -260,7 +261,7 @@ def test_model_error_and_abandoned_runs():
     del scheduler
     gc.collect()
     # too many step calls
-    scheduler = FastintScheduler.from_config(DDPMScheduler().config, solver="euler")
+    scheduler = FastintScheduler.from_config(DDPMScheduler(clip_sample=False).config, solver="euler")
     scheduler.set_timesteps(1)
     s = scheduler.step(torch.randn(2, 4), scheduler.timesteps[0], x).prev_sample
     with pytest.raises(RuntimeError, match="set_timesteps"):

@@ -7,22 +7,34 @@ diffusers pipelines run ``for t in scheduler.timesteps: out = model(sample, t); 
 sample).prev_sample``: one model call per ``step``. A fastint solver is a host program run by ``fastint.executor``,
 which yields each network evaluation it needs (the model input, in the model's coordinates) and receives the
 network output. ``FastintScheduler`` drives that generator from ``step`` in the pipeline's own thread: each
-``step`` sends the output for the pending evaluation and returns the next model input as ``prev_sample`` (or the
-final result). No helper thread: whatever the caller's thread set (``fastint.use_backend``, ``torch.autocast``,
+``step`` sends the output for the pending evaluation and returns the next model input (model coordinates) or the
+state it is made from (VE coordinates) as ``prev_sample`` (or the final result). No helper thread: whatever the caller's thread set (``fastint.use_backend``, ``torch.autocast``,
 grad mode, the CUDA stream) applies, and the result is ``fastint.sample(adapter(model), x, sigmas, solver,
 seed=...)`` (same executor, same op calls; the first model output is the pipeline's, made at its own sample rather
 than at ``c_in x~_0``, which differs from it by rounding). An abandoned run leaves nothing behind: the next ``set_timesteps``
 starts a fresh one. A run is bound to the pipeline driving it: a ``step`` from another thread during a run, or with
 a timestep that is not the pending one (two pipelines interleaving their steps), raises a clear error.
 
-- ``timesteps`` holds one entry per model call (like diffusers' ``HeunDiscreteScheduler``); they come from the
-  recorded program (the noise levels a solver asks for never depend on tensor values) through the same adapter, so
-  they equal the timesteps the adapter would pass to the model.
-- The pipeline's sample is kept in the MODEL's coordinates (``x_vp = alpha x~`` for VP models, ``x_flow = (1 - t) x~``
-  for rectified flow), like ``DDIMScheduler`` / ``FlowMatchEulerDiscreteScheduler``: ``init_noise_sigma = 1`` and
-  ``scale_model_input`` is the identity, so pipelines that call it (Stable Diffusion) and pipelines that do not
-  (``DDPMPipeline``) both work. The initial pure-noise sample is read as the model-coordinate state at the first
-  noise level: ``x~_0 = sample / alpha_0``.
+- ``timesteps`` holds one entry per model call (like diffusers' ``HeunDiscreteScheduler``); ``order`` is the number
+  of model calls per solver step (Heun 2), as pipelines use it for part-way starts.
+- The grid follows the scheduler whose config it is built from (``peer``): ``from_config`` of a
+  ``DPMSolverMultistepScheduler``, ``EulerDiscreteScheduler`` or ``HeunDiscreteScheduler`` config builds that
+  scheduler and takes its noise levels and timesteps (every spacing / sigma / final-sigma option of it applies, as
+  diffusers computes them); other configs (DDPM, DDIM, flow matching) get fastint's own grid (``peer="fastint"``
+  asks for it explicitly). Entries the source config left at its class's defaults keep those defaults.
+- State coordinates: "model" (``DPMSolverMultistepScheduler`` / ``DDIMScheduler``'s: ``x_vp = alpha x~`` for VP
+  models, ``x_flow = (1 - t) x~`` for rectified flow; ``init_noise_sigma = 1``, ``scale_model_input`` is the
+  identity; the initial sample is read as the model-coordinate state at the first noise level) or "ve" (Euler's
+  and Heun's: the sample is ``x~``, ``init_noise_sigma`` is theirs, ``scale_model_input`` divides by
+  ``sqrt(sigma^2 + 1)``). Default: the peer's; ``coordinates=`` overrides.
+- From a DPM config, ``dpmpp_2m`` / ``dpmpp_3m`` step as ``DPMSolverMultistepScheduler`` does (its warm-up, lower
+  order final steps, ``solver_type``: ``fastint.integrations.diffusers_dpm``); with no solver named the config's
+  ``solver_order`` / ``algorithm_type`` pick it.
+- ``thresholding`` / ``clip_sample`` act on the data prediction: the model output handed to the solver is the one
+  whose data prediction is the thresholded / clipped one. Options with no fastint counterpart raise, naming them.
+- Part-way starts (img2img, inpainting): ``set_begin_index(k)`` starts the next run at model call k (the first call
+  of a solver step), on the grid's tail; ``add_noise`` uses the noise level diffusers' schedulers pick (the begin
+  index before the run, the pending call during it) in the scheduler's coordinates.
 - A sample the pipeline changed between steps (inpainting masks, ``callback_on_step_end``) is written back into the
   solver's state before the model output is used.
 - Model outputs are copied when the solver keeps them past the next model call (the pipeline still holds them).
@@ -38,8 +50,10 @@ Prediction types: ``epsilon``, ``v_prediction``, ``sample`` (discrete VP models,
 ``flow`` for a flow-matching scheduler's config (``FlowMatch*`` class name or a ``shift`` entry), else ``epsilon``.
 """
 
+import inspect
 import math
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Union
 
@@ -57,6 +71,9 @@ from ..solvers.program import Denoise
 from ..schedules import (alphas_cumprod_from_betas, betas_linear, betas_scaled_linear, exponential, flow, karras,
                          vp_discrete)
 from ..solvers import SOLVERS, get_solver
+from .diffusers_config import (DPM_OPTIONS, DPM_SDE_SOLVERS, DPM_SOLVERS, GRID_OPTIONS, PEERS, VE_PEERS,
+                              decreasing, dynamic_threshold, same, source_defaults)
+from .diffusers_dpm import DiffusersDPMSolverPP
 
 __all__ = ["FastintScheduler", "FastintSEEDSScheduler", "FastintRestartScheduler", "FastintDPMSolverScheduler",
            "FastintHeunScheduler", "FastintSchedulerOutput"]
@@ -65,11 +82,12 @@ VP_PREDICTIONS = ("epsilon", "v_prediction", "sample")
 PREDICTION_TYPES = VP_PREDICTIONS + ("flow",)
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 SIGMA_SCHEDULES = ("discrete", "karras", "exponential")
+COORDINATES = ("model", "ve")
 
 
 @dataclass
 class FastintSchedulerOutput(BaseOutput):
-    """``prev_sample``: the next model input (or the final result), in the model's coordinates;
+    """``prev_sample``: the next sample (or the final result), in the scheduler's coordinates;
     ``pred_original_sample``: the latest denoised estimate (updated once per solver step), or None."""
 
     prev_sample: torch.Tensor
@@ -108,54 +126,92 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
     Config (diffusers names, so ``from_config(other_scheduler.config)`` carries them over): ``num_train_timesteps``,
     ``beta_start``, ``beta_end``, ``beta_schedule`` (linear, scaled_linear, squaredcos_cap_v2), ``trained_betas``,
     ``prediction_type`` (epsilon, v_prediction, sample, flow; None infers), ``timestep_spacing`` (leading,
-    linspace, trailing) and ``steps_offset`` for the discrete schedule, ``use_karras_sigmas`` /
+    linspace, trailing; None: the peer's default, "leading" on fastint's grid) and ``steps_offset``, ``use_karras_sigmas`` /
     ``use_exponential_sigmas`` (or ``sigma_schedule`` = discrete, karras, exponential; ``rho``), ``variance_type``
     (learned / learned_range: the model's extra variance channels are dropped), flow models: ``shift``,
-    ``use_dynamic_shifting`` (then the pipeline passes ``mu`` to ``set_timesteps``). fastint's own: ``solver``,
-    ``solver_options`` (dict), ``backend``, ``quantize_timesteps`` (integer timesteps for discrete models).
+    ``use_dynamic_shifting`` (then the pipeline passes ``mu`` to ``set_timesteps``); ``thresholding``
+    (``dynamic_thresholding_ratio``, ``sample_max_value``) and ``clip_sample`` (``clip_sample_range``) on the data
+    prediction. ``peer``: the diffusers scheduler whose grid (noise levels, timesteps; the options of
+    ``GRID_OPTIONS``) and state coordinates to follow: ``DPMSolverMultistepScheduler``, ``EulerDiscreteScheduler``,
+    ``HeunDiscreteScheduler`` (``from_config`` sets it from such a config), or "fastint" / None: fastint's own.
+    ``coordinates``: "model" (the pipeline's sample is the model's input, ``init_noise_sigma = 1``) or "ve"
+    (Euler's: sample = x~, ``scale_model_input`` divides by sqrt(sigma^2 + 1)); None: the peer's. fastint's own:
+    ``solver``, ``solver_options`` (dict), ``backend``, ``quantize_timesteps`` (integer timesteps for discrete
+    models; None: the peer's convention).
     """
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers] + ["FlowMatchEulerDiscreteScheduler"]
-    order = 1
     default_solver = "dpmpp_2m"
 
     @register_to_config
     def __init__(self, solver: Optional[str] = None, solver_options: Optional[dict] = None,
                  num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
                  beta_schedule: str = "linear", trained_betas: Optional[Union[np.ndarray, List[float]]] = None,
-                 prediction_type: Optional[str] = None, timestep_spacing: str = "leading", steps_offset: int = 0,
+                 prediction_type: Optional[str] = None, timestep_spacing: Optional[str] = None, steps_offset: int = 0,
                  variance_type: Optional[str] = None, sigma_schedule: Optional[str] = None,
                  use_karras_sigmas: bool = False, use_exponential_sigmas: bool = False, rho: float = 7.0,
                  shift: Optional[float] = None, use_dynamic_shifting: bool = False,
-                 rescale_betas_zero_snr: bool = False, quantize_timesteps: bool = True, backend: str = "auto"):
-        solver = solver if solver is not None else type(self).default_solver
-        options = dict(solver_options or {})
-        if not isinstance(solver, str) or solver not in SOLVERS:
-            raise ValueError(f"{type(self).__name__}: unknown solver {solver!r}; available: {', '.join(SOLVERS)}")
-        self._solver = get_solver(solver, **options)  # validates the options now, naming the valid ones
+                 rescale_betas_zero_snr: bool = False, quantize_timesteps: Optional[bool] = None,
+                 backend: str = "auto", peer: Optional[str] = None, coordinates: Optional[str] = None,
+                 thresholding: bool = False, dynamic_thresholding_ratio: float = 0.995, sample_max_value: float = 1.0,
+                 clip_sample: bool = False, clip_sample_range: float = 1.0,
+                 solver_order: Optional[int] = None, algorithm_type: Optional[str] = None,
+                 solver_type: Optional[str] = None, lower_order_final: Optional[bool] = None,
+                 euler_at_final: Optional[bool] = None, use_beta_sigmas: Optional[bool] = None,
+                 use_lu_lambdas: Optional[bool] = None, use_flow_sigmas: Optional[bool] = None,
+                 flow_shift: Optional[float] = None, final_sigmas_type: Optional[str] = None,
+                 lambda_min_clipped: Optional[float] = None, interpolation_type: Optional[str] = None,
+                 timestep_type: Optional[str] = None, sigma_min: Optional[float] = None,
+                 sigma_max: Optional[float] = None, time_shift_type: Optional[str] = None):
+        name = type(self).__name__
+        cfg = dict(self.config)
+        peer = None if peer in (None, "fastint") else peer
+        if peer is not None and peer not in PEERS:
+            raise ValueError(f"{name}: unknown peer {peer!r}; valid ones are 'fastint', "
+                             f"{', '.join(map(repr, PEERS))}")
         if prediction_type is None:
             prediction_type = "flow" if shift is not None or use_dynamic_shifting else "epsilon"
         aliases = {"eps": "epsilon", "v": "v_prediction", "x0": "sample", "flow_prediction": "flow"}
         prediction_type = aliases.get(prediction_type, prediction_type)
         if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"{type(self).__name__}: unknown prediction_type {prediction_type!r}; valid ones are "
+            raise ValueError(f"{name}: unknown prediction_type {prediction_type!r}; valid ones are "
                              f"{', '.join(map(repr, PREDICTION_TYPES))}")
         if sigma_schedule is None:
             sigma_schedule = "karras" if use_karras_sigmas else "exponential" if use_exponential_sigmas else "discrete"
         if sigma_schedule not in SIGMA_SCHEDULES:
-            raise ValueError(f"{type(self).__name__}: unknown sigma_schedule {sigma_schedule!r}; valid ones are "
+            raise ValueError(f"{name}: unknown sigma_schedule {sigma_schedule!r}; valid ones are "
                              f"{', '.join(map(repr, SIGMA_SCHEDULES))}")
+        if coordinates is None:
+            coordinates = "ve" if peer in VE_PEERS else "model"
+        if coordinates not in COORDINATES:
+            raise ValueError(f"{name}: unknown coordinates {coordinates!r}; valid ones are 'model', 've'")
+        if coordinates == "ve" and prediction_type == "flow":
+            raise ValueError(f"{name}: coordinates='ve' is for VP models (Euler's convention); a flow model's sample "
+                             "stays in its own coordinates")
+        solver, options, emulated = self._resolve_solver(solver, dict(solver_options or {}), peer, cfg)
         self.register_to_config(solver=solver, solver_options=options, prediction_type=prediction_type,
                                 sigma_schedule=sigma_schedule)
-        if prediction_type == "flow":
+        self._peer = None
+        if peer is not None:
+            self._peer = self._build_peer(peer, prediction_type, sigma_schedule, rho, cfg)
+            self.alphas_cumprod = self._peer.alphas_cumprod.to(torch.float64)
+            self.betas = self._peer.betas.clone()
+        else:
+            bad = [f"{k}={cfg[k]!r}" for k, default in GRID_OPTIONS.items()
+                   if cfg.get(k) is not None and not same(cfg[k], default)]
+            if bad:
+                raise ValueError(f"{name}: {', '.join(bad)} shape(s) a diffusers scheduler's grid, not fastint's: "
+                                 "build from that scheduler's config (peer=...) or drop the option")
+        if peer is None and prediction_type == "flow":
             self.shift = 1.0 if shift is None else float(shift)
             if not self.shift > 0:
-                raise ValueError(f"{type(self).__name__}: shift must be > 0, got {shift!r}")
-            self.alphas_cumprod = None
-        else:
+                raise ValueError(f"{name}: shift must be > 0, got {shift!r}")
+            self.alphas_cumprod = self.betas = None
+        elif peer is None:
             if rescale_betas_zero_snr:
-                raise ValueError(f"{type(self).__name__}: rescale_betas_zero_snr=True gives alphas_cumprod[-1] = 0, an "
-                                 "infinite VE noise level that fastint's VE-coordinate solvers cannot start from; "
+                raise ValueError(f"{name}: rescale_betas_zero_snr=True gives alphas_cumprod[-1] = 0, an infinite VE "
+                                 "noise level that fastint's own grid cannot start from; build from the config of "
+                                 "EulerDiscreteScheduler or DPMSolverMultistepScheduler (their grids cap it), or "
                                  "use a config without it")
             if trained_betas is not None:
                 betas = torch.as_tensor(np.asarray(trained_betas), dtype=torch.float32)
@@ -166,19 +222,109 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
             elif beta_schedule == "squaredcos_cap_v2":
                 betas = _cosine_betas(num_train_timesteps)
             else:
-                raise ValueError(f"{type(self).__name__}: beta_schedule {beta_schedule!r} is not supported (the "
+                raise ValueError(f"{name}: beta_schedule {beta_schedule!r} is not supported (the "
                                  f"config needs one of {', '.join(map(repr, BETA_SCHEDULES))} or trained_betas)")
+            self.betas = betas.to(torch.float32)
             self.alphas_cumprod = alphas_cumprod_from_betas(betas).to(torch.float64)
-        self.init_noise_sigma = 1.0  # the pipeline's sample lives in the model's coordinates
-        self.timesteps: Optional[torch.Tensor] = None
+        for key, value in (("clip_sample_range", clip_sample_range), ("sample_max_value", sample_max_value)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                raise ValueError(f"{name}: {key} must be a number > 0, got {value!r}")
+        if not isinstance(dynamic_thresholding_ratio, (int, float)) or not 0 < dynamic_thresholding_ratio <= 1:
+            raise ValueError(f"{name}: dynamic_thresholding_ratio must be in (0, 1], got {dynamic_thresholding_ratio!r}")
+        self._peer_name = peer
+        self._coordinates = coordinates
+        self._emulated = emulated                       # DPMSolverMultistepScheduler's own step orders, or None
+        self._solver = get_solver(solver, **options) if emulated is None else DiffusersDPMSolverPP(**emulated)
+        self._run_solver = self._solver
+        if quantize_timesteps is None:
+            quantize_timesteps = peer not in VE_PEERS
+        self._quantize = bool(quantize_timesteps)
+        T = num_train_timesteps
+        if self._peer is not None:
+            self.timesteps = self._peer.timesteps.clone()
+        elif prediction_type == "flow":
+            self.timesteps = torch.linspace(T, 1, T, dtype=torch.float32)
+        else:
+            self.timesteps = torch.arange(T - 1, -1, -1, dtype=torch.int64)
         self.sigmas: Optional[torch.Tensor] = None
+        self.plan_sigmas: Optional[List[float]] = None
+        self._noop = 0
         self.num_inference_steps: Optional[int] = None
         self._seed = None
         self._run: Optional[_DrivenRun] = None
         self._step_index: Optional[int] = None
+        self._begin_index: Optional[int] = None
         self._returned = None
         self._stepping = threading.Lock()
         self._network_adapter = self._adapter(_no_network)
+        self._order = max(1, self._solver.nfe(3) - self._solver.nfe(2))
+
+    def _resolve_solver(self, solver, options, peer, cfg):
+        """(solver name, its options, the options of the DPMSolverMultistepScheduler emulation or None)."""
+        name = type(self).__name__
+        dpm = {k: (cfg.get(k) if cfg.get(k) is not None else default) for k, default in DPM_OPTIONS.items()}
+        on_dpm = peer == "DPMSolverMultistepScheduler"
+        consumed = set()     # DPM options a fastint solver named after them implements
+        if on_dpm and solver is None and type(self).default_solver == "dpmpp_2m":
+            algorithm, order = dpm["algorithm_type"], dpm["solver_order"]
+            if algorithm == "dpmsolver++" and order in DPM_SOLVERS:
+                solver = DPM_SOLVERS[order]
+            elif algorithm == "sde-dpmsolver++" and order in DPM_SDE_SOLVERS:
+                solver = DPM_SDE_SOLVERS[order]
+                consumed |= {"algorithm_type", "solver_order"}
+                if solver == "dpmpp_2m_sde":
+                    options.setdefault("solver_type", dpm["solver_type"])
+                    consumed.add("solver_type")
+            else:
+                raise ValueError(f"{name}: DPMSolverMultistepScheduler's algorithm_type={algorithm!r} with "
+                                 f"solver_order={order!r} has no fastint counterpart (dpmsolver++ orders 1-3 and "
+                                 "sde-dpmsolver++ orders 2-3 have); name a solver with solver=...")
+        solver = solver if solver is not None else type(self).default_solver
+        if not isinstance(solver, str) or solver not in SOLVERS:
+            raise ValueError(f"{name}: unknown solver {solver!r}; available: {', '.join(SOLVERS)}")
+        get_solver(solver, **options)  # validates the options now, naming the valid ones
+        if on_dpm and (solver in ("dpmpp_2m", "dpmpp_3m") or (solver == "ddim" and dpm["solver_order"] == 1)):
+            if dpm["algorithm_type"] != "dpmsolver++":
+                raise ValueError(f"{name}: algorithm_type={dpm['algorithm_type']!r} is not DPM-Solver++ in data "
+                                 f"prediction, which solver {solver!r} is; drop the option or name another solver")
+            if options:
+                raise ValueError(f"{name}: solver_options {options} are not available when {solver!r} steps as "
+                                 "DPMSolverMultistepScheduler does; pass peer='fastint' for fastint's own solver")
+            emulated = {"solver_order": {"ddim": 1, "dpmpp_2m": 2, "dpmpp_3m": 3}[solver],
+                        "solver_type": dpm["solver_type"], "lower_order_final": dpm["lower_order_final"],
+                        "euler_at_final": dpm["euler_at_final"]}
+            return solver, options, emulated
+        bad = [f"{k}={dpm[k]!r}" for k, default in DPM_OPTIONS.items()
+               if on_dpm and k not in consumed and not same(dpm[k], default)]
+        if bad:
+            raise ValueError(f"{name}: {', '.join(bad)} describe(s) DPMSolverMultistepScheduler's steps, which "
+                             f"solver {solver!r} does not take; drop the option(s) (pass them as None) or use "
+                             "solver='dpmpp_2m' / 'dpmpp_3m' on that scheduler's config")
+        return solver, options, None
+
+    def _build_peer(self, peer, prediction_type, sigma_schedule, rho, cfg):
+        """The diffusers scheduler whose grid this one follows, built from the options it takes."""
+        name = type(self).__name__
+        cls = PEERS[peer]
+        if cfg.get("use_flow_sigmas"):
+            raise ValueError(f"{name}: use_flow_sigmas=True (a flow model on DPMSolverMultistepScheduler's grid) is "
+                             "not supported; use a FlowMatchEulerDiscreteScheduler config")
+        if prediction_type == "flow":
+            raise ValueError(f"{name}: peer={peer!r} follows a VP model's grid; a flow model uses fastint's own grid "
+                             "(peer='fastint')")
+        if sigma_schedule == "karras" and rho != 7.0:
+            raise ValueError(f"{name}: {peer}'s Karras sigmas use rho = 7, got rho={rho!r}")
+        accepted = set(inspect.signature(cls.__init__).parameters)
+        common = {"num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                  "timestep_spacing", "steps_offset", "rescale_betas_zero_snr"}
+        kwargs = {k: cfg[k] for k in common | set(GRID_OPTIONS) if cfg.get(k) is not None}
+        kwargs.update(prediction_type=prediction_type, use_karras_sigmas=sigma_schedule == "karras",
+                      use_exponential_sigmas=sigma_schedule == "exponential")
+        refused = sorted(k for k in kwargs if k not in accepted and not same(kwargs[k], GRID_OPTIONS.get(k, False)))
+        if refused:
+            raise ValueError(f"{name}: {', '.join(f'{k}={kwargs[k]!r}' for k in refused)} is not an option of "
+                             f"{peer}, whose grid this scheduler follows")
+        return cls(**{k: v for k, v in kwargs.items() if k in accepted})
 
     def __getstate__(self):
         """Copies and pickles carry the configuration and schedule, never a run in progress."""
@@ -191,23 +337,54 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
         self._stepping = threading.Lock()
 
     # -- configuration -----------------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        """diffusers' ``from_config``, keeping what the source scheduler's config means: the entries it left at
+        its class's defaults, and its grid when fastint follows that scheduler (``peer``)."""
+        if config is not None and not isinstance(config, Mapping) and hasattr(config, "config"):
+            config = config.config
+        if isinstance(config, Mapping):
+            config = source_defaults(dict(config), kwargs, set(inspect.signature(cls.__init__).parameters),
+                                     cls._compatibles)
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
     @property
     def solver(self) -> str:
         return self.config.solver
 
     @property
+    def order(self) -> int:
+        """Model calls per solver step (Heun: 2), as diffusers' ``order``: pipelines start part-way at
+        ``timesteps[t_start * order]``."""
+        return self._order
+
+    @property
+    def init_noise_sigma(self):
+        """1 in model coordinates; in VE coordinates the peer's (Euler / Heun: sigma_max, or sqrt(sigma_max^2 + 1)
+        for "leading" spacing), else sqrt(sigma_0^2 + 1)."""
+        if self._coordinates == "model":
+            return 1.0
+        if self._peer_name in VE_PEERS:
+            return self._peer.init_noise_sigma
+        sigma = float(self.sigmas[0]) if self.sigmas is not None else \
+            float(((1 - self.alphas_cumprod[-1]) / self.alphas_cumprod[-1]).sqrt())
+        return math.sqrt(sigma * sigma + 1)
+
+    @property
     def step_index(self) -> Optional[int]:
-        """The number of ``step`` calls of the current run (None before the first)."""
+        """The index in ``timesteps`` of the next model call of the current run (None before the first step)."""
         return self._step_index
 
     @property
     def begin_index(self) -> Optional[int]:
-        return 0
+        return self._begin_index
 
     def set_begin_index(self, begin_index: int = 0):
-        if begin_index != 0:
-            raise NotImplementedError(f"{type(self).__name__}: starting part-way (begin_index={begin_index}, "
-                                      "img2img strength) is not supported; run the full schedule")
+        """Start the next run at ``timesteps[begin_index]`` (img2img: ``t_start * order``); it must be the first
+        model call of a solver step."""
+        if isinstance(begin_index, bool) or not isinstance(begin_index, (int, np.integer)) or begin_index < 0:
+            raise ValueError(f"{type(self).__name__}: begin_index must be an int >= 0, got {begin_index!r}")
+        self._begin_index = int(begin_index)
 
     def __len__(self):
         return self.config.num_train_timesteps
@@ -220,15 +397,19 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
     def _adapter(self, inner):
         if self.config.prediction_type == "flow":
             return FlowDenoiser(inner, timestep_scale=float(self.config.num_train_timesteps), prediction_type="flow")
-        return DiscreteVPDenoiser(inner, self.alphas_cumprod, prediction_type=self.config.prediction_type,
-                                  quantize=self.config.quantize_timesteps)
+        return DiscreteVPDenoiser(inner, decreasing(self.alphas_cumprod), prediction_type=self.config.prediction_type,
+                                  quantize=self._quantize)
 
-    def _sigma_grid(self, n: int, sigmas, mu) -> torch.Tensor:
+    def _sigma_grid(self, n: Optional[int], timesteps, sigmas, mu) -> torch.Tensor:
+        """fastint's own grid: VE sigmas ending at 0."""
         cfg = self.config
+        name = type(self).__name__
         if cfg.prediction_type == "flow":
             T = cfg.num_train_timesteps
+            if timesteps is not None:
+                raise ValueError(f"{name}: custom timesteps are not supported for flow models; pass sigmas")
             if cfg.use_dynamic_shifting and mu is None:
-                raise ValueError(f"{type(self).__name__}: use_dynamic_shifting=True needs the pipeline to pass mu "
+                raise ValueError(f"{name}: use_dynamic_shifting=True needs the pipeline to pass mu "
                                  "to set_timesteps")
             shift = math.exp(mu) if cfg.use_dynamic_shifting else self.shift
             if sigmas is None:
@@ -238,6 +419,9 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
             t_max = shift * (1 - 1 / T) / (1 + (shift - 1) * (1 - 1 / T))
             t = np.minimum(t, t_max)
             grid = torch.from_numpy(t / (1 - t))
+        elif timesteps is not None:
+            ab = self.alphas_cumprod[torch.as_tensor(timesteps, dtype=torch.int64)]
+            grid = ((1 - ab) / ab).sqrt()
         elif sigmas is not None:
             grid = torch.as_tensor(np.asarray(sigmas, dtype=np.float64))  # VE sigmas, as EulerDiscreteScheduler's
         else:
@@ -247,49 +431,141 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
                 return karras(n, lo, hi, cfg.rho)
             if cfg.sigma_schedule == "exponential":
                 return exponential(n, lo, hi)
-            return vp_discrete(self.alphas_cumprod, n, spacing=cfg.timestep_spacing, steps_offset=cfg.steps_offset,
-                               convention="ddim").sigmas
+            return vp_discrete(self.alphas_cumprod, n, spacing=cfg.timestep_spacing or "leading",
+                               steps_offset=cfg.steps_offset, convention="ddim").sigmas
         if grid.numel() and float(grid[-1]) != 0.0:
             grid = torch.cat([grid, grid.new_zeros(1)])
         return grid
 
-    def set_timesteps(self, num_inference_steps: Optional[int] = None, device: Union[str, torch.device] = None,
-                      sigmas: Optional[Sequence[float]] = None, mu: Optional[float] = None, *, seed=None):
-        """Build the noise levels and ``timesteps`` (one per model call) of ``num_inference_steps`` solver steps.
+    def _peer_grid(self, n: Optional[int], timesteps, sigmas):
+        """The peer's grid (VE sigmas of the solver steps) and {sigma of a model call: the peer's timestep}."""
+        peer, name = self._peer, type(self).__name__
+        accepted = inspect.signature(peer.set_timesteps).parameters
+        if sigmas is not None and "sigmas" not in accepted:   # DPM / Heun: custom VE sigmas, fastint's side
+            grid = [float(s) for s in np.asarray(sigmas, dtype=np.float64).reshape(-1)]
+            if grid and grid[-1] != 0:
+                final = self.config.final_sigmas_type or "zero"
+                grid.append(0.0 if final == "zero" else float(((1 - peer.alphas_cumprod[0]) /
+                                                               peer.alphas_cumprod[0]) ** 0.5))
+            return torch.tensor(grid, dtype=torch.float64), {}
+        if timesteps is not None and "timesteps" not in accepted:
+            raise ValueError(f"{name}: {self._peer_name} takes no custom timesteps")
+        kwargs = {"num_inference_steps": n}
+        if timesteps is not None:
+            kwargs = {"timesteps": list(timesteps)}
+        if sigmas is not None:
+            kwargs = {"sigmas": list(np.asarray(sigmas, dtype=np.float64).reshape(-1))}
+        peer.set_timesteps(**kwargs)
+        s, t = peer.sigmas.to(torch.float64).tolist(), peer.timesteps.tolist()
+        known = {s[k]: t[k] for k in range(len(t))}
+        # one model call per step but Heun's (two, the first and last steps' one); Euler's "log_linear"
+        # interpolation has one level more than its steps reach: the grid ends where the last step goes
+        grid = s[0:-1:2] + s[-1:] if self._peer_name == "HeunDiscreteScheduler" else s[:len(t) + 1]
+        return torch.tensor(grid, dtype=torch.float64), known
 
-        ``sigmas``: custom levels instead (VE sigmas for VP models, unshifted flow times for flow models, diffusers'
-        conventions); ``mu``: the dynamic-shift parameter flow pipelines pass; ``seed``: as ``set_seed``.
-        """
+    def set_timesteps(self, num_inference_steps: Optional[int] = None, device: Union[str, torch.device] = None,
+                      timesteps: Optional[Sequence[int]] = None, sigmas: Optional[Sequence[float]] = None,
+                      mu: Optional[float] = None, *, seed=None):
+        """Build the noise levels and ``timesteps`` (one per model call) of ``num_inference_steps`` solver steps,
+        or of custom ``timesteps`` (training timesteps, descending) or ``sigmas`` (VE sigmas for VP models,
+        unshifted flow times for flow models), as diffusers' schedulers take them (exactly one of the three).
+        ``mu``: the dynamic-shift parameter flow pipelines pass; ``seed``: as ``set_seed``."""
+        name = type(self).__name__
         self._cancel()
         if seed is not None:
             self._seed = seed
-        if sigmas is not None:
-            num_inference_steps = len(sigmas)
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)) \
-                or num_inference_steps < 1:
-            raise ValueError(f"{type(self).__name__}: num_inference_steps must be an int >= 1, got "
-                             f"{num_inference_steps!r}")
-        grid = self._sigma_grid(int(num_inference_steps), sigmas, mu)
-        # the recorded program: the noise level of every model call, and the timestep the adapter derives from it
-        tape = executor.recording(self._solver, _sigma_list(grid))
+        if timesteps is not None and sigmas is not None:
+            raise ValueError(f"{name}.set_timesteps: pass only one of `timesteps` or `sigmas`")
+        if num_inference_steps is None and timesteps is None and sigmas is None:
+            raise ValueError(f"{name}.set_timesteps: pass exactly one of `num_inference_steps`, `timesteps` or "
+                             "`sigmas`")
+        if num_inference_steps is not None and (timesteps is not None or sigmas is not None):
+            raise ValueError(f"{name}.set_timesteps: pass only one of `num_inference_steps`, `timesteps` or "
+                             "`sigmas`")
+        if num_inference_steps is not None and (isinstance(num_inference_steps, bool) or not isinstance(
+                num_inference_steps, (int, np.integer)) or num_inference_steps < 1):
+            raise ValueError(f"{name}: num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
+        custom = timesteps if timesteps is not None else sigmas
+        if custom is not None and len(custom) < 1:
+            raise ValueError(f"{name}.set_timesteps: custom timesteps / sigmas must not be empty")
+        if timesteps is not None and self._peer is None:
+            ts = [int(t) for t in timesteps]
+            if any(not 0 <= t < self.config.num_train_timesteps for t in ts) or \
+                    any(a <= b for a, b in zip(ts, ts[1:])):
+                raise ValueError(f"{name}.set_timesteps: custom timesteps must be strictly decreasing training "
+                                 f"timesteps in [0, {self.config.num_train_timesteps}), got {ts}")
+        if self._peer is not None:
+            if mu is not None:
+                raise ValueError(f"{name}.set_timesteps: mu (dynamic shifting of a flow model's schedule) does not "
+                                 f"apply to {self._peer_name}'s grid")
+            grid, known = self._peer_grid(num_inference_steps, timesteps, sigmas)
+        else:
+            grid = self._sigma_grid(num_inference_steps, timesteps, sigmas, mu)
+            known = {} if timesteps is None else {float(s): int(t) for s, t in zip(grid.tolist(), timesteps)}
+        # DPM's "sigma_min" final level on a grid that reaches timestep 0 repeats it: a last step of length 0 (a
+        # model call that leaves the sample as it is), which the solver's grid leaves out
+        noop = len(grid) > 2 and float(grid[-1]) == float(grid[-2]) > 0
+        if noop:
+            grid = grid[:-1]
+        steps = len(grid) - 1 + noop
+        self._run_solver = self._solver if self._emulated is None else \
+            DiffusersDPMSolverPP(**self._emulated, schedule_steps=steps, trailing_steps=int(noop))
+        # the recorded program: the noise level of every model call, and the timestep of each
+        tape = executor.recording(self._run_solver, _sigma_list(grid))
         plan_sigmas = [request.sigma for request, _ in tape.entries if type(request) is Denoise]
+        plan_sigmas += [float(grid[-1])] * noop
+        self._noop = int(noop)
         adapter = self._network_adapter
         probe = torch.zeros(1, 1, dtype=torch.float32)
-        batches = adapter.timestep_batches(probe, [adapter.host_plan(s)[3] for s in plan_sigmas])
+        ts = [known[s] if s in known else adapter.host_plan(s)[3] for s in plan_sigmas]
+        dtype = self._peer.timesteps.dtype if self._peer is not None else adapter._timestep_dtype(probe)
         self.sigmas = grid
-        self.num_inference_steps = int(num_inference_steps)
-        self.timesteps = torch.cat([b.reshape(-1)[:1] for b in batches]).to(device)
+        self.num_inference_steps = steps
+        self.timesteps = torch.tensor(ts, dtype=dtype).to(device)
         self.plan_sigmas = plan_sigmas  # the VE noise level of every model call (host floats)
+        self._call_sigmas = torch.tensor(plan_sigmas, dtype=torch.float32)
         self._step_index = None
+        self._begin_index = None
         self._returned = None
 
+    def _index_for_timestep(self, timestep) -> int:
+        """The model call of ``timestep`` (diffusers' rule: the second match when it appears twice)."""
+        t = timestep.to(self.timesteps.device) if isinstance(timestep, torch.Tensor) else timestep
+        indices = (self.timesteps == t).nonzero()
+        if len(indices) == 0:
+            raise ValueError(f"{type(self).__name__}: timestep {float(timestep):g} is not in the schedule "
+                             f"(timesteps: {self.timesteps.tolist()})")
+        return int(indices[1 if len(indices) > 1 else 0])
+
+    def _first_index(self, timestep) -> int:
+        """The model call a run starts at: ``begin_index`` when set, else that of ``timestep``, else 0."""
+        if self._begin_index is not None:
+            return self._begin_index
+        if isinstance(timestep, (int, float, np.integer, np.floating)) or \
+                (isinstance(timestep, torch.Tensor) and timestep.numel() == 1):
+            if float(timestep) != float(self.timesteps[0]) and bool((self.timesteps == float(timestep)).any()):
+                return self._index_for_timestep(timestep)
+        return 0
+
+    def _pending_index(self, timestep) -> int:
+        return self._step_index if self._step_index is not None else self._first_index(timestep)
+
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
-        """Identity: the pipeline's sample is already the model input (model coordinates)."""
-        return sample
+        """Model coordinates: the identity (the sample is already the model input). VE coordinates: ``sample /
+        sqrt(sigma^2 + 1)`` at the pending model call's sigma (float32, as Euler's)."""
+        if self._coordinates == "model":
+            return sample
+        if self.num_inference_steps is None:
+            raise RuntimeError(f"{type(self).__name__}: call set_timesteps before scale_model_input")
+        sigma = self._call_sigmas[self._pending_index(timestep)]
+        return sample / ((sigma ** 2 + 1) ** 0.5)
 
     # -- the run -----------------------------------------------------------------------------------------------
     def _coefficient(self, sigma: float) -> float:
-        """alpha (model coordinates = alpha * VE) at the host float ``sigma``, as the adapter's host path has it."""
+        """The pipeline's sample per unit of the VE state at the host float ``sigma``: alpha (model coordinates,
+        as the adapter's host path has it) or 1 (VE coordinates)."""
+        if self._coordinates == "ve":
+            return 1.0
         return 1.0 / (1.0 + sigma) if self.config.prediction_type == "flow" else 1.0 / math.sqrt(1.0 + sigma * sigma)
 
     def _seeds(self, batch: int, generator, device) -> torch.Tensor:
@@ -320,12 +596,28 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
                              "variance_type='learned' or 'learned_range' in the config)")
         return model_output
 
+    def _corrected_output(self, output: torch.Tensor, state: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The model output whose data prediction is the thresholded (``thresholding``) or clipped
+        (``clip_sample``) one: with ``x0 = c_skip x~ + c_out F``, ``F' = (fix(x0) - c_skip x~) / c_out``
+        (float64), so that every solver sees the corrected data prediction."""
+        cfg = self.config
+        if not (cfg.thresholding or cfg.clip_sample):
+            return output
+        _, c_skip, c_out, _ = self._network_adapter.host_plan(sigma)
+        x = state.to(torch.float64)
+        x0 = c_skip * x + c_out * output.to(torch.float64)
+        if cfg.thresholding:
+            x0 = dynamic_threshold(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
+        else:
+            x0 = x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
+        return ((x0 - c_skip * x) / c_out).to(output.dtype)
+
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
              generator: Union[None, torch.Generator, List[torch.Generator]] = None,
              return_dict: bool = True):
         """Hand the model output for the pending model call to the solver; return the next model input (or, after
-        the last call, the result) as ``prev_sample``, in the model's coordinates."""
-        if self.timesteps is None:
+        the last call, the result) as ``prev_sample``, in the scheduler's coordinates."""
+        if self.num_inference_steps is None:
             raise RuntimeError(f"{type(self).__name__}: call set_timesteps before step")
         if not self._stepping.acquire(blocking=False):
             raise RuntimeError(f"{type(self).__name__}: step called while another step of this scheduler runs (two "
@@ -356,29 +648,53 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
                              f"{tuple(sample.shape)} between two step calls (batch size "
                              f"{run.run.shape[0]} -> {sample.shape[0]}); call set_timesteps to start a new run")
 
+    def _tail(self, k: int) -> List[float]:
+        """The grid of a run starting at model call ``k``: the solver steps from the one whose first call it is."""
+        grid = _sigma_list(self.sigmas)
+        if k == 0:
+            return grid
+        want = self.plan_sigmas[k:]
+        for i in range(1, len(grid) - 1):
+            tape = executor.recording(self._run_solver, grid[i:])
+            calls = [request.sigma for request, _ in tape.entries if type(request) is Denoise]
+            if len(calls) <= len(want):
+                if calls == want:
+                    return grid[i:]
+                break
+        raise ValueError(f"{type(self).__name__}: a run cannot start at timesteps[{k}]: it is not the first model "
+                         f"call of a {self.solver} step (set_begin_index takes t_start * order, order = {self.order})")
+
+    def _start(self, k: int, sample: torch.Tensor, generator):
+        self._cancel()
+        grid = self._tail(k)
+        x_ve = sample / self._coefficient(self.plan_sigmas[k])
+        seeds = self._seeds(sample.shape[0], generator, sample.device)
+        adapter = self._network_adapter
+        plan = executor.lowered(self._run_solver, grid, adapter, False)
+        self._run = run = _DrivenRun(None, None, threading.get_ident())
+        run.run = executor.Run(adapter, x_ve, {}, seeds, None, self.config.backend, run.record, "end")
+        run.steps = executor.drive(plan, run.run, x_ve)
+        run.pending = run.steps.send(None)  # the first request: the pipeline has already evaluated `sample`
+
     def _step(self, model_output, timestep, sample, generator, return_dict):
-        k = 0 if self._step_index is None else self._step_index
+        first = self._step_index is None
+        k = self._first_index(timestep) if first else self._step_index
         if k >= len(self.timesteps):
             raise RuntimeError(f"{type(self).__name__}: step called {k + 1} times but the schedule has "
                                f"{len(self.timesteps)} model calls; call set_timesteps to start a new run")
-        if k > 0:
+        if not first and k < len(self.timesteps) - self._noop:
             self._check_driver(k, timestep, sample)
+        if k >= len(self.timesteps) - self._noop:     # the zero-length last step: the sample stays as it is
+            self._step_index = k + 1
+            return FastintSchedulerOutput(prev_sample=sample) if return_dict else (sample,)
         try:
             output = self._model_output(model_output, sample)
-            if k == 0:
-                self._cancel()
-                x_ve = sample / self._coefficient(self.plan_sigmas[0])
-                seeds = self._seeds(sample.shape[0], generator, sample.device)
-                cfg = self.config
-                adapter = self._network_adapter
-                plan = executor.lowered(self._solver, _sigma_list(self.sigmas), adapter, False)
-                self._run = run = _DrivenRun(None, None, threading.get_ident())
-                run.run = executor.Run(adapter, x_ve, {}, seeds, None, cfg.backend, run.record, "end")
-                run.steps = executor.drive(plan, run.run, x_ve)
-                run.pending = run.steps.send(None)  # the first request: the pipeline has already evaluated `sample`
+            if first:
+                self._start(k, sample, generator)
             elif sample is not self._returned:  # the pipeline changed the state: the solver continues from it
                 self._run.pending[2].copy_(sample / self._coefficient(self.plan_sigmas[k]))
             run = self._run
+            output = self._corrected_output(output, run.pending[2], self.plan_sigmas[k])
             try:
                 run.pending = run.steps.send(output)
                 result = None
@@ -388,7 +704,7 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
             self._cancel()
             raise
         self._step_index = k + 1
-        last = self._step_index == len(self.timesteps)
+        last = self._step_index == len(self.timesteps) - self._noop
         if (result is None) == last:
             self._cancel()
             raise RuntimeError(f"{type(self).__name__}: the solver's model calls do not match the planned "
@@ -401,7 +717,7 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
             prev = result if final_sigma == 0 else result * self._coefficient(final_sigma)
             self._run = None
         else:
-            prev = run.pending[0]
+            prev = run.pending[2] if self._coordinates == "ve" else run.pending[0]
         self._returned = prev
         denoised = run.denoised
         if not return_dict:
@@ -414,15 +730,33 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
             self._run = None
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """The model-coordinate noisy sample at training ``timesteps`` (VP: sqrt(ab) x0 + sqrt(1 - ab) noise; flow:
-        (1 - t) x0 + t noise with t = timestep / num_train_timesteps)."""
+        """The noisy sample in the scheduler's coordinates. After ``set_timesteps``, at the noise level of the
+        model call diffusers' schedulers pick: ``timesteps[step_index]`` mid-run (inpainting), ``begin_index``
+        before a part-way run (img2img), else the call of each timestep; VE coordinates: ``x0 + sigma noise``,
+        model coordinates: ``alpha x0 + alpha sigma noise`` (alpha = 1 / sqrt(1 + sigma^2); float32 as diffusers).
+        Timesteps outside the schedule (training): VP ``sqrt(ab) x0 + sqrt(1 - ab) noise`` at those training
+        timesteps (VE: divided by sqrt(ab)); flow: (1 - t) x0 + t noise with t = timestep / num_train_timesteps."""
         view = (-1,) + (1,) * (original_samples.dim() - 1)
         t = torch.as_tensor(timesteps, device=original_samples.device).reshape(-1)
         if self.config.prediction_type == "flow":
             u = (t.to(torch.float64) / self.config.num_train_timesteps).view(view)
             return ((1 - u) * original_samples + u * noise).to(original_samples.dtype)
-        ab = self.alphas_cumprod.to(original_samples.device)[t.long()].view(view)
-        return (ab.sqrt() * original_samples + (1 - ab).sqrt() * noise).to(original_samples.dtype)
+        index = None
+        if self.num_inference_steps is not None:
+            if self._begin_index is not None:
+                index = [self._step_index if self._step_index is not None else self._begin_index] * t.shape[0]
+            elif bool(torch.isin(t.to(self.timesteps.device), self.timesteps).all()):
+                index = [self._index_for_timestep(v) for v in t]
+        if index is None:
+            ab = self.alphas_cumprod.to(original_samples.device)[t.long()].view(view)
+            if self._coordinates == "ve":
+                return (original_samples + ((1 - ab) / ab).sqrt() * noise).to(original_samples.dtype)
+            return (ab.sqrt() * original_samples + (1 - ab).sqrt() * noise).to(original_samples.dtype)
+        sigma = self._call_sigmas[index].to(device=original_samples.device, dtype=original_samples.dtype).view(view)
+        if self._coordinates == "ve":
+            return original_samples + noise * sigma
+        alpha = 1 / ((sigma ** 2 + 1) ** 0.5)
+        return alpha * original_samples + (sigma * alpha) * noise
 
 
 class FastintSEEDSScheduler(FastintScheduler):
