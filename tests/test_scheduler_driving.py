@@ -205,6 +205,69 @@ def test_two_pipelines_driving_one_scheduler_raise():
         assert errors and "two pipelines" in errors[0]
 
 
+def _paused_at_call(unet: UNet2DModel, call: int, arrived: threading.Event, resume: threading.Event) -> UNet2DModel:
+    """The UNet, which on its ``call``-th call signals ``arrived`` and waits for ``resume`` before computing."""
+    forward, calls = unet.forward, []
+
+    def pausing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            arrived.set()
+            assert resume.wait(120), "the other pipeline never let this one go on"
+        return forward(*args, **kwargs)
+
+    unet.forward = pausing
+    return unet
+
+
+def _in_thread(fn, results: dict, name: str, done: threading.Event) -> threading.Thread:
+    def body():
+        try:
+            results[name] = fn()
+        except BaseException as exc:   # noqa: BLE001 - the test inspects what each pipeline met
+            results[name] = exc
+        finally:
+            done.set()
+    thread = threading.Thread(target=body)
+    thread.start()
+    return thread
+
+
+# B's UNet call at which B waits for A to go on (None: B runs whole while A waits)
+INTERLEAVINGS = {"b_runs_whole_between_two_steps_of_a": None, "a_steps_between_b_start_and_first_step": 1,
+                 "a_steps_in_the_middle_of_b": 2}
+
+
+@pytest.mark.parametrize("interleaving", list(INTERLEAVINGS))
+def test_two_real_pipelines_sharing_one_scheduler(interleaving):
+    """Two DDPMPipelines, one FastintScheduler, two threads, a fixed interleaving (A pauses at its second UNet call
+    while B starts): the pipeline whose run the other ended raises a clear error; the other one's images equal a
+    run alone (nothing silently wrong)."""
+    seed = _seed("two pipelines " + interleaving)
+    solver = "dpmpp_2m_sde"
+    alone = _images(_pipeline(_unet(seed), solver, seed), seed)
+    shared = _pipeline(_unet(seed), solver, seed).scheduler
+    a_paused, b_paused, a_done, b_done = (threading.Event() for _ in range(4))
+    b_pause = INTERLEAVINGS[interleaving]
+    unet_a = _paused_at_call(_unet(seed), 2, a_paused, b_done if b_pause is None else b_paused)
+    unet_b = _unet(seed) if b_pause is None else _paused_at_call(_unet(seed), b_pause, b_paused, a_done)
+    pipe_a, pipe_b = (DDPMPipeline(unet=u, scheduler=shared) for u in (unet_a, unet_b))
+    for pipe in (pipe_a, pipe_b):
+        pipe.set_progress_bar_config(disable=True)
+    results = {}
+    thread_a = _in_thread(lambda: _images(pipe_a, seed), results, "a", a_done)
+    assert a_paused.wait(120)
+    thread_b = _in_thread(lambda: _images(pipe_b, seed), results, "b", b_done)
+    thread_a.join(240)
+    thread_b.join(240)
+    assert isinstance(results["a"], RuntimeError) and "two pipelines" in str(results["a"]), results["a"]
+    assert not isinstance(results["b"], BaseException), results["b"]
+    assert (results["b"] == alone).all()
+    # the scheduler is not broken: the pipeline that failed runs alone afterwards, as a fresh run
+    del unet_a.forward
+    assert (_images(pipe_a, seed) == alone).all()
+
+
 def test_batch_size_change_between_steps_is_named():
     seed = _seed("batch")
     unet = _unet(seed)

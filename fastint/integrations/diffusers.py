@@ -256,6 +256,7 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
         self._begin_index: Optional[int] = None
         self._returned = None
         self._stepping = threading.Lock()
+        self._superseded: Optional[int] = None   # the thread whose unfinished run another thread's set_timesteps ended
         self._network_adapter = self._adapter(_no_network)
         self._order = max(1, self._solver.nfe(3) - self._solver.nfe(2))
 
@@ -329,7 +330,7 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
     def __getstate__(self):
         """Copies and pickles carry the configuration and schedule, never a run in progress."""
         state = dict(self.__dict__)
-        state.update(_run=None, _step_index=None, _returned=None, _stepping=None)
+        state.update(_run=None, _step_index=None, _returned=None, _stepping=None, _superseded=None)
         return state
 
     def __setstate__(self, state):
@@ -471,6 +472,7 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
         unshifted flow times for flow models), as diffusers' schedulers take them (exactly one of the three).
         ``mu``: the dynamic-shift parameter flow pipelines pass; ``seed``: as ``set_seed``."""
         name = type(self).__name__
+        self._note_superseded_run()
         self._cancel()
         if seed is not None:
             self._seed = seed
@@ -527,6 +529,16 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
         self._step_index = None
         self._begin_index = None
         self._returned = None
+
+    def _note_superseded_run(self) -> None:
+        """``set_timesteps`` from another thread than that of an unfinished run: remember that thread, so that a
+        step it sends without starting a run of its own is refused (two pipelines driving one scheduler at once)
+        rather than silently starting a run part-way (an interrupted run's thread calls ``set_timesteps`` first)."""
+        me = threading.get_ident()
+        if self._run is not None and self._run.owner != me:
+            self._superseded = self._run.owner
+        elif self._superseded == me:
+            self._superseded = None
 
     def _index_for_timestep(self, timestep) -> int:
         """The model call of ``timestep`` (diffusers' rule: the second match when it appears twice)."""
@@ -678,6 +690,11 @@ class FastintScheduler(SchedulerMixin, ConfigMixin):
 
     def _step(self, model_output, timestep, sample, generator, return_dict):
         first = self._step_index is None
+        if self._superseded == threading.get_ident():
+            raise RuntimeError(f"{type(self).__name__}: step called by a pipeline whose run another pipeline's "
+                               "set_timesteps ended (two pipelines driving one scheduler at once); give each "
+                               "pipeline its own scheduler (copy.deepcopy(scheduler) or "
+                               "Scheduler.from_config(scheduler.config))")
         k = self._first_index(timestep) if first else self._step_index
         if k >= len(self.timesteps):
             raise RuntimeError(f"{type(self).__name__}: step called {k + 1} times but the schedule has "
