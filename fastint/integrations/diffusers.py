@@ -13,7 +13,8 @@ grad mode, the CUDA stream) applies, and the result is ``fastint.sample(adapter(
 seed=...)`` (same executor, same op calls; the first model output is the pipeline's, made at its own sample rather
 than at ``c_in x~_0``, which differs from it by rounding). An abandoned run leaves nothing behind: the next ``set_timesteps``
 starts a fresh one. A run is bound to the pipeline driving it: a ``step`` from another thread during a run, or with
-a timestep that is not the pending one (two pipelines interleaving their steps), raises a clear error.
+a timestep that is not the pending one (two pipelines interleaving their steps), or from a thread whose unfinished
+run another thread's ``set_timesteps`` ended, raises a clear error.
 
 - ``timesteps`` holds one entry per model call (like diffusers' ``HeunDiscreteScheduler``); ``order`` is the number
   of model calls per solver step (Heun 2), as pipelines use it for part-way starts.
