@@ -33,6 +33,7 @@ from typing import Callable, Dict, List
 
 import torch
 
+from .k_diffusion_dpm import sample_dpm_adaptive, sample_dpm_fast, show_progress as _show_progress
 from .sampling import sample as _sample
 from .solvers import SOLVERS
 
@@ -67,12 +68,6 @@ def _signature(solver_cls) -> inspect.Signature:
         default = None if name == "noise_sampler" else solver_cls.options[name].default
         params.append(_P(name, _P.POSITIONAL_OR_KEYWORD, default=default))
     return inspect.Signature(params + _TAIL)
-
-
-def _show_progress(disable) -> bool:
-    if disable is None:
-        return bool(getattr(sys.stderr, "isatty", lambda: False)())
-    return not disable
 
 
 def _k_callback(callback: Callable, sigmas) -> Callable:
@@ -123,7 +118,7 @@ def _build() -> Dict[str, Callable]:
 
 
 globals().update(_build())
-__all__ = sorted(f"sample_{name}" for name in SOLVERS) + ["samplers"]
+__all__ = sorted([f"sample_{name}" for name in SOLVERS] + ["sample_dpm_fast", "sample_dpm_adaptive"]) + ["samplers"]
 
 
 def samplers() -> Dict[str, Callable]:

@@ -4,15 +4,18 @@ from typing import Dict, List, Type
 
 from .ancestral import DDIM, EulerAncestral
 from .base import Solver
+from .dpm_single import DPM2, DPM2Ancestral, DPMpp2SAncestral, DPMppSDE
 from .dpmpp import DPMpp2M, DPMpp2MSDE, DPMpp3M, DPMpp3MSDE
 from .edm import Euler, Heun
+from .lms import LMS
 from .restart import Restart
 from .seeds import Seeds1, Seeds2, Seeds3
 from .splitting import LieTrotter, PLMS, Strang
 
 SOLVERS: Dict[str, Type[Solver]] = {cls.name: cls for cls in (
     Euler, Heun, DDIM, EulerAncestral, DPMpp2M, DPMpp3M, DPMpp2MSDE, DPMpp3MSDE, Seeds1, Seeds2, Seeds3,
-    Restart, PLMS, LieTrotter, Strang)}
+    Restart, PLMS, LieTrotter, Strang,
+    DPM2, DPM2Ancestral, LMS, DPMpp2SAncestral, DPMppSDE)}
 
 
 def get_solver(name: str, **options) -> Solver:
