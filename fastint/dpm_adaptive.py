@@ -126,7 +126,7 @@ def dpm_adaptive(model: Callable, x: torch.Tensor, sigma_min: float, sigma_max: 
         target, up = t, 0.0
         if eta:
             down, _ = ancestral_step(s, t, eta)
-            target = max(down, sigma_min)
+            target = max(down, math.exp(-lam_end))   # the end level as the grid computes it: no noise on the last step
             up = math.sqrt(max(t * t - target * target, 0.0))
         denoised = attempt.denoise(x, s)
         x_high, x_low = attempt.run(_stages_and_results(x, denoised, s, target, order))
