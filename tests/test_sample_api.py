@@ -22,7 +22,8 @@ def setup():
 def test_list_solvers_describes_every_solver():
     rows = {r["name"]: r for r in fastint.list_solvers()}
     assert set(rows) == {"euler", "heun", "ddim", "euler_ancestral", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde",
-                         "dpmpp_3m_sde", "seeds_1", "seeds_2", "seeds_3", "restart", "plms", "lie_trotter", "strang"}
+                         "dpmpp_3m_sde", "seeds_1", "seeds_2", "seeds_3", "restart", "plms", "lie_trotter", "strang"} \
+        | {"dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral", "dpmpp_sde"}   # k-diffusion's samplers
     assert rows["seeds_3"]["options"] == {"eta": 1.0, "s_noise": 1.0, "r_1": 1 / 3, "r_2": 2 / 3}
     assert rows["heun"]["nfe_per_step"].startswith("2") and rows["seeds_3"]["nfe_per_step"].startswith("3")
     assert rows["dpmpp_2m_sde"]["stochastic"] and not rows["dpmpp_2m"]["stochastic"]
