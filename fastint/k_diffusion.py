@@ -1,4 +1,6 @@
-"""k-diffusion / ComfyUI drop-in samplers: ``fastint.k_diffusion.sample_<solver>`` for every fastint solver.
+"""k-diffusion / ComfyUI drop-in samplers: ``fastint.k_diffusion.sample_<solver>`` for every fastint solver, and
+every ``sample_*`` of k-diffusion 0.1.1 (euler, euler_ancestral, heun, dpm_2, dpm_2_ancestral, lms, dpm_fast,
+dpm_adaptive, dpmpp_2s_ancestral, dpmpp_sde, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde).
 
 Each function has k-diffusion's sampler signature,
 
@@ -7,7 +9,11 @@ Each function has k-diffusion's sampler signature,
 
 where ``<options>`` are the solver's options (``fastint.list_solvers()``) in k-diffusion's order and with its
 defaults; stochastic solvers take ``noise_sampler=None`` right after ``s_noise`` as k-diffusion and ComfyUI do
-(``euler``/``heun`` take it last, for their churn noise). So code written against ``k_diffusion.sampling`` (or
+(``euler``/``heun``/``dpm_2`` take it last, for their churn noise; ``lms`` last, unused).
+
+``sample_dpm_fast(model, x, sigma_min, sigma_max, n, ...)`` and ``sample_dpm_adaptive(model, x, sigma_min,
+sigma_max, ...)`` keep k-diffusion's own signatures (``fastint.k_diffusion_dpm``); dpm_adaptive reads its error
+estimate to the host once per attempt, every other sampler here runs without a device-to-host read per step. So code written against ``k_diffusion.sampling`` (or
 ComfyUI's copy of it) can swap the module: ``getattr(fastint.k_diffusion, "sample_" + name)(model, x, sigmas,
 extra_args, callback, disable, ...)``. The arguments mean what they mean there:
 
