@@ -495,3 +495,40 @@ def test_dpm_dropins_leave_inputs_untouched_and_refuse_bad_states():
 
     with pytest.raises(FloatingPointError, match="error estimate"):
         fk.sample_dpm_adaptive(broken, x, 0.1, 80.0)
+
+
+# -- through a fastint adapter (D kept as c_skip x + c_out F, the next network input staged) -------------------
+
+def _flow_network(mixture):
+    """A rectified-flow velocity network exact for ``mixture``: v = eps - x0 at x_flow = x~ / (1 + sigma~)."""
+    def net(x_flow, timestep):
+        t = (timestep / 1000.0).reshape(-1, 1)
+        sigma = t / (1 - t)
+        x = x_flow * (1 + sigma)
+        denoised = mixture.denoise(x, sigma.reshape(-1)[0].item())
+        return (x - denoised) / sigma - denoised
+    return net
+
+
+@pytest.mark.parametrize("name,options", [("dpm_2", {"s_churn": 2.0}), ("dpm_2_ancestral", {}), ("lms", {}),
+                                          ("dpmpp_2s_ancestral", {}), ("dpmpp_sde", {"r": 0.3})])
+def test_adapter_path_equals_the_plain_denoiser(name, options):
+    """With a fastint adapter the executor fuses D = c_skip x + c_out F into the combinations (c_in != 1 here, so
+    the updates also write the next network input): the same samples as the plain denoiser, in-kernel noise."""
+    mixture, x = _start(600)
+    flow = fastint.models.FlowDenoiser(_flow_network(mixture))
+    sigmas = karras(6, 0.05, 40.0)
+    x = x / 80.0 * 40.0
+    got = fastint.sample(flow, x, sigmas, name, seed=5, backend="eager", **options)
+    want = fastint.sample(mixture, x, sigmas, name, seed=5, backend="eager", **options)
+    assert _rel(got, want) < F64_RTOL
+
+
+def test_dpm_dropins_through_an_adapter():
+    mixture, x = _start(601)
+    flow = fastint.models.FlowDenoiser(_flow_network(mixture))
+    x = x / 80.0 * 40.0
+    for sampler, args in ((fk.sample_dpm_fast, (0.05, 40.0, 8)), (fk.sample_dpm_adaptive, (0.05, 40.0))):
+        got = sampler(flow, x, *args, eta=0.5, seed=2, disable=True)
+        want = sampler(mixture, x, *args, eta=0.5, seed=2, disable=True)
+        assert _rel(got, want) < F64_RTOL
