@@ -532,3 +532,27 @@ def test_dpm_dropins_through_an_adapter():
         got = sampler(flow, x, *args, eta=0.5, seed=2, disable=True)
         want = sampler(mixture, x, *args, eta=0.5, seed=2, disable=True)
         assert _rel(got, want) < F64_RTOL
+
+
+# -- float32 states (the kernels) against the float64 run -------------------------------------------------------
+
+@pytest.mark.parametrize("name,options", [("dpm_2", {"s_churn": 2.0}), ("dpm_2_ancestral", {}), ("lms", {}),
+                                          ("dpmpp_2s_ancestral", {}), ("dpmpp_sde", {"r": 0.3})])
+def test_float32_state_with_in_kernel_noise_matches_float64(name, options):
+    """float32 state on the automatic backend (the C++ kernel when built), in-kernel noise, against the float64
+    eager run with the same seeds: 1e-5 relative (the kernels compute in float32)."""
+    mixture, x = _start(700, (6,))
+    sigmas = karras(8, 0.05, 40.0)
+    x = x / 80.0 * 40.0
+    got = fastint.sample(mixture, x.float(), sigmas, name, seed=5, **options)
+    want = fastint.sample(mixture, x, sigmas, name, seed=5, backend="eager", **options)
+    assert got.dtype == torch.float32 and _rel(got.double(), want) < 1e-5
+
+
+def test_float32_dpm_dropins_match_float64():
+    mixture, x = _start(701, (6,))
+    x = x / 80.0 * 40.0
+    for sampler, args in ((fk.sample_dpm_fast, (0.05, 40.0, 8)), (fk.sample_dpm_adaptive, (0.05, 40.0))):
+        got = sampler(mixture, x.float(), *args, eta=0.5, seed=2, disable=True)
+        want = sampler(mixture, x, *args, eta=0.5, seed=2, disable=True, backend="eager")
+        assert got.dtype == torch.float32 and _rel(got.double(), want) < 1e-5
