@@ -13,9 +13,11 @@ defaults; stochastic solvers take ``noise_sampler=None`` right after ``s_noise``
 
 ``sample_dpm_fast(model, x, sigma_min, sigma_max, n, ...)`` and ``sample_dpm_adaptive(model, x, sigma_min,
 sigma_max, ...)`` keep k-diffusion's own signatures (``fastint.k_diffusion_dpm``); dpm_adaptive reads its error
-estimate to the host once per attempt, every other sampler here runs without a device-to-host read per step. So code written against ``k_diffusion.sampling`` (or
-ComfyUI's copy of it) can swap the module: ``getattr(fastint.k_diffusion, "sample_" + name)(model, x, sigmas,
-extra_args, callback, disable, ...)``. The arguments mean what they mean there:
+estimate to the host once per attempt, every other sampler here runs without a device-to-host read per step.
+
+So code written against ``k_diffusion.sampling`` (or ComfyUI's copy of it) can swap the module:
+``getattr(fastint.k_diffusion, "sample_" + name)(model, x, sigmas, extra_args, callback, disable, ...)``. The
+arguments mean what they mean there:
 
 - ``model(x, sigma_batch, **extra_args)`` returns the denoised x0; ``extra_args`` is passed to it unchanged
   (ComfyUI's own samplers pass their ``extra_args``, ``seed`` included, the same way).

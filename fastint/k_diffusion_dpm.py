@@ -13,7 +13,7 @@ the adaptive sampler ``error, h, steps, nfe, n_accept, n_reject``), ``sigma``/``
 
 import math
 import sys
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict
 
 import torch
 

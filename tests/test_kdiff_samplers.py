@@ -556,3 +556,15 @@ def test_float32_dpm_dropins_match_float64():
         got = sampler(mixture, x.float(), *args, eta=0.5, seed=2, disable=True)
         want = sampler(mixture, x, *args, eta=0.5, seed=2, disable=True, backend="eager")
         assert got.dtype == torch.float32 and _rel(got.double(), want) < 1e-5
+
+
+def test_sample_takes_a_configured_solver_instance_without_options():
+    from fastint.solvers.dpm_solver import DPMSolverFast, fast_sigmas
+    gm, x = _start(8)
+    solver = DPMSolverFast(nfe=7)
+    sigmas = fast_sigmas(0.1, 80.0, 7)
+    assert torch.equal(fastint.sample(gm, x, sigmas, solver), fk.sample_dpm_fast(gm, x, 0.1, 80.0, 7))
+    with pytest.raises(TypeError, match="configured solver instance"):
+        fastint.sample(gm, x, sigmas, solver, eta=0.5)
+    with pytest.raises(ValueError, match="takes 3 steps"):
+        fastint.sample(gm, x, fast_sigmas(0.1, 80.0, 10), solver)
