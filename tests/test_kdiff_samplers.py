@@ -568,3 +568,18 @@ def test_sample_takes_a_configured_solver_instance_without_options():
         fastint.sample(gm, x, sigmas, solver, eta=0.5)
     with pytest.raises(ValueError, match="takes 3 steps"):
         fastint.sample(gm, x, fast_sigmas(0.1, 80.0, 10), solver)
+
+
+@needs_kd
+def test_the_mixing_is_the_brownian_trees_correlation():
+    """The a of dpmpp_sde's in-kernel mixing is the correlation of k-diffusion's default noise draws (a
+    BrownianTreeNoiseSampler over sigma) for (s, s_mid) and (s, t): measured over 20000 independent elements of
+    one tree."""
+    pytest.importorskip("torchsde")
+    x = torch.zeros(20000, dtype=torch.float64)
+    sampler = peers.k_sampling().BrownianTreeNoiseSampler(x, 0.1, 10.0, seed=1234)
+    s, s_mid, t = 5.0, 3.0, 1.0
+    first = sampler(torch.tensor(s), torch.tensor(s_mid))
+    second = sampler(torch.tensor(s), torch.tensor(t))
+    correlation = torch.corrcoef(torch.stack([first.reshape(-1), second.reshape(-1)]))[0, 1].item()
+    assert correlation == pytest.approx(math.sqrt((s - s_mid) / (s - t)), abs=0.03)   # 0.707; 0 if independent
