@@ -11,9 +11,11 @@ import time
 from typing import Optional, Sequence, TextIO
 
 from . import demo, demo_augmented, demo_extras
+from . import demo_kdiff
 
 demo_extras.register()
 demo_augmented.register()
+demo_kdiff.register()
 
 
 def retain_freed_memory() -> bool:

@@ -245,6 +245,7 @@ def _lower(tape: Tape, host_plan, injected: bool, adapter: bool) -> Plan:
                     event_index = events.setdefault(id(event), len(events))
                     draws = tuple((event_index, k, event.intervals[k]) for k in range(len(noise_coeffs)))
                 else:
+                    noise_coeffs = event.kernel_coefficients(noise_coeffs)
                     num_noise, counter = len(noise_coeffs), event.counter
             flat = []
             for m, row in enumerate(matrix):

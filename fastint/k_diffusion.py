@@ -1,4 +1,6 @@
-"""k-diffusion / ComfyUI drop-in samplers: ``fastint.k_diffusion.sample_<solver>`` for every fastint solver.
+"""k-diffusion / ComfyUI drop-in samplers: ``fastint.k_diffusion.sample_<solver>`` for every fastint solver, and
+every ``sample_*`` of k-diffusion 0.1.1 (euler, euler_ancestral, heun, dpm_2, dpm_2_ancestral, lms, dpm_fast,
+dpm_adaptive, dpmpp_2s_ancestral, dpmpp_sde, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde).
 
 Each function has k-diffusion's sampler signature,
 
@@ -7,9 +9,15 @@ Each function has k-diffusion's sampler signature,
 
 where ``<options>`` are the solver's options (``fastint.list_solvers()``) in k-diffusion's order and with its
 defaults; stochastic solvers take ``noise_sampler=None`` right after ``s_noise`` as k-diffusion and ComfyUI do
-(``euler``/``heun`` take it last, for their churn noise). So code written against ``k_diffusion.sampling`` (or
-ComfyUI's copy of it) can swap the module: ``getattr(fastint.k_diffusion, "sample_" + name)(model, x, sigmas,
-extra_args, callback, disable, ...)``. The arguments mean what they mean there:
+(``euler``/``heun``/``dpm_2`` take it last, for their churn noise; ``lms`` last, unused).
+
+``sample_dpm_fast(model, x, sigma_min, sigma_max, n, ...)`` and ``sample_dpm_adaptive(model, x, sigma_min,
+sigma_max, ...)`` keep k-diffusion's own signatures (``fastint.k_diffusion_dpm``); dpm_adaptive reads its error
+estimate to the host once per attempt, every other sampler here runs without a device-to-host read per step.
+
+So code written against ``k_diffusion.sampling`` (or ComfyUI's copy of it) can swap the module:
+``getattr(fastint.k_diffusion, "sample_" + name)(model, x, sigmas, extra_args, callback, disable, ...)``. The
+arguments mean what they mean there:
 
 - ``model(x, sigma_batch, **extra_args)`` returns the denoised x0; ``extra_args`` is passed to it unchanged
   (ComfyUI's own samplers pass their ``extra_args``, ``seed`` included, the same way).
@@ -35,6 +43,7 @@ from typing import Callable, Dict, List
 
 import torch
 
+from .k_diffusion_dpm import sample_dpm_adaptive, sample_dpm_fast, show_progress as _show_progress
 from .sampling import sample as _sample
 from .solvers import SOLVERS
 
@@ -71,12 +80,6 @@ def _signature(solver_cls) -> inspect.Signature:
         default = None if name == "noise_sampler" else solver_cls.options[name].default
         params.append(_P(name, _P.POSITIONAL_OR_KEYWORD, default=default))
     return inspect.Signature(params + _TAIL)
-
-
-def _show_progress(disable) -> bool:
-    if disable is None:
-        return bool(getattr(sys.stderr, "isatty", lambda: False)())
-    return not disable
 
 
 def _k_callback(callback: Callable, sigmas) -> Callable:
@@ -127,7 +130,7 @@ def _build() -> Dict[str, Callable]:
 
 
 globals().update(_build())
-__all__ = sorted(f"sample_{name}" for name in SOLVERS) + ["samplers"]
+__all__ = sorted([f"sample_{name}" for name in SOLVERS] + ["sample_dpm_fast", "sample_dpm_adaptive"]) + ["samplers"]
 
 
 def samplers() -> Dict[str, Callable]:

@@ -9,7 +9,7 @@ import torch
 from . import executor
 from .executor import all_finite
 from .ops.seeds import seed_tensor
-from .solvers import get_solver
+from .solvers import Solver, get_solver
 
 SeedLike = Union[None, int, Sequence[int], torch.Tensor]
 CHECK_FINITE = ("end", "step", "off")
@@ -59,7 +59,8 @@ def sample(model: Callable, x: torch.Tensor, sigmas, solver: str = "dpmpp_2m", *
         model: ``model(x, sigma_batch, **extra_args) -> denoised x0`` in VE coordinates (see ``fastint.models``).
         x: the initial state, (batch, ...), float32/float16/bfloat16/float64; never modified.
         sigmas: 1-D strictly decreasing VE noise levels, ending in 0 (or at a positive level for partial sampling).
-        solver: a name from ``fastint.list_solvers()``; ``options`` are that solver's (eta, s_noise, ...).
+        solver: a name from ``fastint.list_solvers()``; ``options`` are that solver's (eta, s_noise, ...). Or a
+            configured ``fastint.solvers.base.Solver`` instance (e.g. ``dpm_solver.DPMSolverFast``), no options.
         seed: per-sample seeds for the in-kernel counter-based noise (int: sample b uses seed + b).
         noise_sampler: ``noise_sampler(sigma, sigma_next) -> tensor`` (k-diffusion convention) to inject noise
             instead; used for value-for-value parity with the peers.
@@ -70,7 +71,12 @@ def sample(model: Callable, x: torch.Tensor, sigmas, solver: str = "dpmpp_2m", *
         check_finite: 'end' (default: one check of the result after the loop, no sync inside it), 'step' (check
             every model output, synchronising, to name the first bad step) or 'off'.
     """
-    method = get_solver(solver, **options)
+    if isinstance(solver, Solver):
+        if options:
+            raise TypeError(f"options {sorted(options)} given with a configured solver instance: configure it instead")
+        method = solver
+    else:
+        method = get_solver(solver, **options)
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 1:
         raise TypeError("x must be a floating-point tensor with a leading batch dimension")
     if not callable(model):
@@ -94,7 +100,7 @@ def sample(model: Callable, x: torch.Tensor, sigmas, solver: str = "dpmpp_2m", *
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=len(sigma_values) - 1, desc=f"fastint {solver}")
+        bar = tqdm(total=len(sigma_values) - 1, desc=f"fastint {method.name}")
     plan = executor.lowered(method, sigma_values, model, noise_sampler is not None)
     run = executor.Run(model, x, dict(extra_args or {}), seeds, noise_sampler, backend, callback, check_finite, bar)
     try:

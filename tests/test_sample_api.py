@@ -25,7 +25,8 @@ def test_list_solvers_describes_every_solver():
                          "dpmpp_3m_sde", "seeds_1", "seeds_2", "seeds_3", "restart", "plms", "lie_trotter", "strang",
                          "heunpp2", "ddpm", "lcm", "ipndm", "ipndm_v", "deis"} | \
         {"res_multistep", "res_multistep_ancestral", "gradient_estimation", "er_sde", "sa_solver", "sa_solver_pece",
-         "exp_heun_2_x0", "exp_heun_2_x0_sde"}
+         "exp_heun_2_x0", "exp_heun_2_x0_sde"} \
+        | {"dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral", "dpmpp_sde"}   # k-diffusion's samplers
     assert rows["seeds_3"]["options"] == {"eta": 1.0, "s_noise": 1.0, "r_1": 1 / 3, "r_2": 2 / 3}
     assert rows["heun"]["nfe_per_step"].startswith("2") and rows["seeds_3"]["nfe_per_step"].startswith("3")
     assert rows["dpmpp_2m_sde"]["stochastic"] and not rows["dpmpp_2m"]["stochastic"]

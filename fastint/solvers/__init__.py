@@ -5,11 +5,13 @@ from typing import Dict, List, Type
 from .adams import DEIS, IPNDM, IPNDMVariable
 from .ancestral import DDIM, EulerAncestral
 from .base import Solver
+from .dpm_single import DPM2, DPM2Ancestral, DPMpp2SAncestral, DPMppSDE
 from .dpmpp import DPMpp2M, DPMpp2MSDE, DPMpp3M, DPMpp3MSDE
 from .edm import Euler, Heun
 from .er_sde import ErSDE
 from .gradient_estimation import GradientEstimation
 from .heunpp import HeunPP2
+from .lms import LMS
 from .renoise import DDPM, LCM
 from .res import ResMultistep, ResMultistepAncestral
 from .restart import Restart
@@ -21,7 +23,8 @@ SOLVERS: Dict[str, Type[Solver]] = {cls.name: cls for cls in (
     Euler, Heun, DDIM, EulerAncestral, DPMpp2M, DPMpp3M, DPMpp2MSDE, DPMpp3MSDE, Seeds1, Seeds2, Seeds3,
     Restart, PLMS, LieTrotter, Strang,
     HeunPP2, DDPM, LCM, IPNDM, IPNDMVariable, DEIS,
-    ResMultistep, ResMultistepAncestral, GradientEstimation, ErSDE, SASolver, SASolverPECE, ExpHeun2X0, ExpHeun2X0SDE)}
+    ResMultistep, ResMultistepAncestral, GradientEstimation, ErSDE, SASolver, SASolverPECE, ExpHeun2X0, ExpHeun2X0SDE,
+    DPM2, DPM2Ancestral, LMS, DPMpp2SAncestral, DPMppSDE)}
 
 
 def get_solver(name: str, **options) -> Solver:

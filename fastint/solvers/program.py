@@ -26,12 +26,26 @@ Term = Tuple[float, Handle]
 class NoiseEvent:
     """The noise of one state update: streams 0..K-1 at ``counter`` (in-kernel Philox noise), or, with an injected
     ``noise_sampler``, one tensor per stream drawn over that stream's sub-interval ``intervals[k]`` and reused by
-    every combination of the event (SEEDS stages share one Brownian path)."""
+    every combination of the event (SEEDS stages share one Brownian path).
 
-    __slots__ = ("counter", "intervals")
+    ``mixing`` (optional, lower triangular): when the injected draws are correlated by construction (k-diffusion's
+    dpmpp_sde asks its Brownian sampler for ``(s, s_mid)`` and then ``(s, t)``), in-kernel stream k stands for
+    ``sum_{m <= k} mixing[k][m] z_m`` over independent normals z_m, so a coefficient vector c over the streams becomes
+    ``c @ mixing`` in the kernel (``kernel_coefficients``)."""
 
-    def __init__(self, counter: int, intervals: Sequence[Tuple[float, float]]):
+    __slots__ = ("counter", "intervals", "mixing")
+
+    def __init__(self, counter: int, intervals: Sequence[Tuple[float, float]],
+                 mixing: Optional[Sequence[Sequence[float]]] = None):
         self.counter, self.intervals = counter, tuple(intervals)
+        self.mixing = None if mixing is None else tuple(tuple(float(v) for v in row) for row in mixing)
+
+    def kernel_coefficients(self, coefficients: Sequence[float]) -> List[float]:
+        """The coefficients of the independent in-kernel streams for ``coefficients`` over this event's streams."""
+        if self.mixing is None:
+            return list(coefficients)
+        return [sum(c * row[m] for c, row in zip(coefficients, self.mixing) if m < len(row))
+                for m in range(len(coefficients))]
 
 
 class Denoise(NamedTuple):
