@@ -87,7 +87,7 @@ def test_float32_state_matches_float64_reference(solver, options):
     assert _relative_error(got.double(), expected) < (1e-4 if solver == "gradient_estimation" else 1e-5)
 
 
-@pytest.mark.parametrize("solver,options", STOCHASTIC, ids=[f"{s}-{o}" for s, o in STOCHASTIC])
+@pytest.mark.parametrize("solver,options", STOCHASTIC, ids=[i for i, c in zip(IDS, CASES) if c in STOCHASTIC])
 def test_in_kernel_noise_follows_the_documented_addressing(solver, options):
     """Step i's noise is counter i, stream 0; SA-Solver's corrector regenerates its predictor's noise."""
     gm, sigmas, x = _setup(303, shape=(3, 2))
