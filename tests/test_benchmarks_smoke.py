@@ -61,7 +61,12 @@ def test_cuda_graph_bench_without_cuda():
 
 
 def _run(args, **kw):
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600, **kw)
+    """Run a script in a fresh interpreter, without this pytest's worker variables (under pytest-xdist a nested
+    pytest would take itself for a worker and pytest-benchmark would not write its JSON)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env.update(kw.pop("env", {}))
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
+                          **kw)
 
 
 def test_bench_command_and_report(tmp_path):
