@@ -8,6 +8,7 @@ PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 KDIFFUSION_VERSION ?= 0.1.1.post1
 PYTEST_ARGS ?=
+TEST_PATHS ?= tests  # what make test runs (a file, a directory, file::test)
 TEST_WORKERS ?= 2  # pytest-xdist processes for `make test` (CI has 2 cores); 0 runs the suite in this process
 
 .PHONY: demo test install clean check-cuda
@@ -34,7 +35,7 @@ demo: $(VENV)/.installed
 	$(PY) -m fastint demo
 
 test: $(VENV)/.installed
-	FASTINT_REQUIRE_PEERS=1 $(PY) -m pytest -n $(TEST_WORKERS) --durations=15 $(PYTEST_ARGS) tests
+	FASTINT_REQUIRE_PEERS=1 $(PY) -m pytest -n $(TEST_WORKERS) --durations=15 $(PYTEST_ARGS) $(TEST_PATHS)
 
 # Compile-only nvcc check of the CUDA kernel sources for sm_90 (fails on a compile error; skips without nvcc).
 NVCC ?= $(shell command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc)
