@@ -76,13 +76,12 @@ guidance is plain PLMS; ``lie_trotter`` and ``strang`` require it.
 import math
 from numbers import Integral
 
+from .adams_coefficients import FIXED_STEP_WEIGHTS as AB_WEIGHTS
 from .base import Option, Solver, non_negative, one_of
 from .edm import heun_step
 from ..guidance import classifier_guidance
 from .program import Combine, Denoise, Gradient, Report, combine
 
-AB_WEIGHTS = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12),
-              4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
 
 
 def _labels_ok(v):
