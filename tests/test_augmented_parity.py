@@ -64,6 +64,8 @@ def test_psld_sscs_epsilon_is_visible_to_the_parity_test():
     for bad in (-1e-9, float("nan"), "1e-9", True):
         with pytest.raises(ValueError, match="variance_eps must be None"):
             sample_augmented(proc, ExactScore(tgt), x, v, steps=2, method="sscs", variance_eps=bad)
+    with pytest.raises(ValueError, match="variance_eps applies to method='sscs' only"):
+        sample_augmented(proc, ExactScore(tgt), x, v, steps=2, method="em", variance_eps=1e-9)
 
 
 def test_exact_score_matches_autograd_of_the_marginal_density():

@@ -251,6 +251,8 @@ def sample_augmented(process: AugmentedProcess, model: AugmentedModel, x: torch.
     if x.shape != v.shape or x.dtype != v.dtype or x.device != v.device:
         raise ValueError(f"x and {process.second} must have the same shape, dtype and device: got "
                          f"{tuple(x.shape)} {x.dtype} {x.device} and {tuple(v.shape)} {v.dtype} {v.device}")
+    if variance_eps is not None and method != "sscs":
+        raise ValueError(f"variance_eps applies to method='sscs' only (its half-step covariances), not to {method!r}")
     if variance_eps is None:
         variance_eps = process.sscs_variance_eps
     elif not (isinstance(variance_eps, (int, float)) and not isinstance(variance_eps, bool)
