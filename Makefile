@@ -8,9 +8,9 @@ PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 KDIFFUSION_VERSION ?= 0.1.1.post1
 PYTEST_ARGS ?=
-TEST_PATHS ?= tests
 # pytest-xdist processes for `make test` (CI has 2 cores; 0: the suite in one process) and what it runs
 TEST_WORKERS ?= 2
+TEST_PATHS ?= tests
 
 .PHONY: demo test install clean check-cuda
 
