@@ -16,7 +16,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.integrate import solve_ivp
 
 import fastint
 from fastint import k_diffusion as fk
@@ -26,6 +25,7 @@ from fastint.solvers import SOLVERS, get_solver
 from fastint.solvers.adams_coefficients import lagrange_in_vp_time
 
 from injected_noise import KeyedNoise
+from ode_reference import probability_flow_end
 from reference_comfy1 import REFERENCES, deis_tab_weights, lagrange_sigma_weights
 from reference_solvers import ancestral
 from test_solver_parity import PhiloxAddressedNoise
@@ -138,17 +138,8 @@ ORDERS = [("heunpp2", {}, 1, 128), ("ipndm", {}, 2, 128), ("ipndm_v", {"max_orde
 
 @pytest.fixture(scope="module")
 def problem():
-    gm = default_mixture(dim=2)
-    x0 = torch.randn(16, 2, generator=torch.Generator().manual_seed(2025), dtype=torch.float64) * SIGMA_MAX
-
-    def rhs(u, y):
-        x = torch.from_numpy(y).reshape(x0.shape)
-        return (x - gm.denoise(x, math.exp(u))).reshape(-1).numpy()
-
-    sol = solve_ivp(rhs, (math.log(SIGMA_MAX), math.log(SIGMA_MIN)), x0.reshape(-1).numpy(), method="DOP853",
-                    rtol=1e-13, atol=1e-13)
-    assert sol.success
-    return gm, x0, gm.denoise(torch.from_numpy(sol.y[:, -1]).reshape(x0.shape), SIGMA_MIN)
+    gm, x0, _, reference = probability_flow_end(16, 2025, SIGMA_MAX, SIGMA_MIN)
+    return gm, x0, reference
 
 
 @pytest.mark.parametrize("solver,options,order,steps", ORDERS, ids=[f"{s}-{o}" for s, o, _, _ in ORDERS])

@@ -13,7 +13,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.integrate import solve_ivp
 
 import fastint
 from fastint import k_diffusion as fk
@@ -25,6 +24,7 @@ from fastint.solvers.program import Combine
 from fastint.solvers.sa_solver import tau_interval
 
 from injected_noise import KeyedNoise
+from ode_reference import probability_flow_end
 from reference_comfy2 import REFERENCES
 from test_solver_parity import PhiloxAddressedNoise
 from test_solver_programs import FakeExecutor
@@ -173,18 +173,7 @@ ORDERS = [
 
 @pytest.fixture(scope="module")
 def ode_problem():
-    gm = default_mixture(dim=2)
-    x0 = torch.randn(8, 2, generator=torch.Generator().manual_seed(2024), dtype=torch.float64) * SIGMA_MAX
-
-    def rhs(u, y):
-        x = torch.from_numpy(y).reshape(x0.shape)
-        return (x - gm.denoise(x, math.exp(u))).reshape(-1).numpy()
-
-    sol = solve_ivp(rhs, (math.log(SIGMA_MAX), math.log(SIGMA_MIN)), x0.reshape(-1).numpy(), method="DOP853",
-                    rtol=1e-13, atol=1e-13)
-    assert sol.success
-    x_end = torch.from_numpy(sol.y[:, -1]).reshape(x0.shape)
-    return gm, x0, x_end, gm.denoise(x_end, SIGMA_MIN)
+    return probability_flow_end(8, 2024, SIGMA_MAX, SIGMA_MIN)
 
 
 @pytest.mark.parametrize("solver,options,to_zero,steps,order", ORDERS,

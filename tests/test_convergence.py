@@ -5,16 +5,13 @@ rtol = atol = 1e-13 from sigma_max to sigma_min, then x = D(x, sigma_min), which
 sigma = 0 computes. Grids: Karras (rho = 7) with n and 2n steps; order = log2(err(n) / err(2n)).
 """
 
-import math
-
 import numpy as np
 import pytest
-import torch
-from scipy.integrate import solve_ivp
 
 import fastint
-from fastint.models import default_mixture
 from fastint.schedules import karras
+
+from ode_reference import probability_flow_end
 
 SIGMA_MIN, SIGMA_MAX = 0.2, 80.0
 STEPS = (128, 256, 512)
@@ -32,19 +29,8 @@ EXPECTED = [
 
 @pytest.fixture(scope="module")
 def problem():
-    gm = default_mixture(dim=2)
-    gen = torch.Generator().manual_seed(2024)
-    x0 = torch.randn(32, 2, generator=gen, dtype=torch.float64) * SIGMA_MAX
-
-    def rhs(u, y):
-        x = torch.from_numpy(y).reshape(x0.shape)
-        return (x - gm.denoise(x, math.exp(u))).reshape(-1).numpy()
-
-    sol = solve_ivp(rhs, (math.log(SIGMA_MAX), math.log(SIGMA_MIN)), x0.reshape(-1).numpy(), method="DOP853",
-                    rtol=1e-13, atol=1e-13)
-    assert sol.success
-    x_end = torch.from_numpy(sol.y[:, -1]).reshape(x0.shape)
-    return gm, x0, gm.denoise(x_end, SIGMA_MIN)
+    gm, x0, _, reference = probability_flow_end(32, 2024, SIGMA_MAX, SIGMA_MIN)
+    return gm, x0, reference
 
 
 def _error(gm, x0, reference, solver, options, steps):

@@ -31,6 +31,7 @@ from fastint.solvers.lms import lagrange_integrals
 
 import peers
 from injected_noise import KeyedNoise
+from ode_reference import probability_flow_end
 
 KD_MISSING = peers.k_diffusion_missing()
 needs_kd = pytest.mark.skipif(KD_MISSING is not None, reason=f"k-diffusion not loadable: {KD_MISSING}")
@@ -298,19 +299,7 @@ SIGMA_MIN, SIGMA_MAX = 0.2, 80.0
 def ode_solution():
     """The probability-flow ODE from SIGMA_MAX to SIGMA_MIN (DOP853, 1e-13) for 16 2-D samples: (model, x0,
     x(SIGMA_MIN), D(x(SIGMA_MIN), SIGMA_MIN))."""
-    from scipy.integrate import solve_ivp
-    gm = default_mixture(dim=2)
-    x0 = torch.randn(16, 2, generator=torch.Generator().manual_seed(2024), dtype=torch.float64) * SIGMA_MAX
-
-    def rhs(u, y):
-        x = torch.from_numpy(y).reshape(x0.shape)
-        return (x - gm.denoise(x, math.exp(u))).reshape(-1).numpy()
-
-    sol = solve_ivp(rhs, (math.log(SIGMA_MAX), math.log(SIGMA_MIN)), x0.reshape(-1).numpy(), method="DOP853",
-                    rtol=1e-13, atol=1e-13)
-    assert sol.success
-    x_end = torch.from_numpy(sol.y[:, -1]).reshape(x0.shape)
-    return gm, x0, x_end, gm.denoise(x_end, SIGMA_MIN)
+    return probability_flow_end(16, 2024, SIGMA_MAX, SIGMA_MIN)
 
 
 def _order(errors, counts):
