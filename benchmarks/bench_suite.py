@@ -396,17 +396,21 @@ def write_plot(rows: List[dict], path: str) -> Optional[str]:
 
 
 # ------------------------------------------------------------------------------------------------ end to end
+K_DIFFUSION_VERSION = "0.1.1.post1"   # the peer version the parity tests and this benchmark are written against
+
+
 def load_k_diffusion_sampling() -> types.ModuleType:
     """``k_diffusion.sampling`` without the package ``__init__`` (which imports the training stack), stubbing
-    torchvision/torchdiffeq only while importing and only if absent (as tests/peers.py does)."""
+    torchvision/torchdiffeq only while importing and only if absent (tests/peers.py loads it this way too)."""
     if "k_diffusion.sampling" in sys.modules:
         return sys.modules["k_diffusion.sampling"]
     if "k_diffusion" not in sys.modules:
         spec = importlib.util.find_spec("k_diffusion")
         if spec is None or not spec.submodule_search_locations:
-            raise ImportError("k-diffusion is not installed (pip install --no-deps k-diffusion)")
+            raise ImportError(f"k-diffusion is not installed (pip install --no-deps k-diffusion=={K_DIFFUSION_VERSION})")
         package = types.ModuleType("k_diffusion")
         package.__path__ = list(spec.submodule_search_locations)
+        package.__file__ = spec.origin
         package.__spec__ = importlib.machinery.ModuleSpec("k_diffusion", None, is_package=True)
         package.__spec__.submodule_search_locations = package.__path__
         sys.modules["k_diffusion"] = package

@@ -2,9 +2,10 @@
 
 k-diffusion (0.1.1.post1) is installed with ``--no-deps`` (its metadata pulls torchvision and a CUDA torch). Its
 package ``__init__`` imports the training stack, so only ``k_diffusion/sampling.py`` (and the ``utils.py`` it
-imports) is loaded here, under a package module made by hand. Two module-level imports of those files are not
-needed by the samplers and may be absent; each gets a stub only while the two files are imported, and only if the
-real module is missing (the stubs are removed from ``sys.modules`` afterwards, so nothing else ever sees them):
+imports) is loaded, under a package module made by hand (``benchmarks.bench_suite.load_k_diffusion_sampling``, which
+the end-to-end benchmark uses too). Two module-level imports of those files are not needed by the samplers and may
+be absent; each gets a stub only while the two files are imported, and only if the real module is missing (the
+stubs are removed from ``sys.modules`` afterwards, so nothing else ever sees them):
 
 - ``utils.py``: ``from torchvision.transforms import functional as TF`` (PIL conversion helpers only);
 - ``sampling.py``: ``from torchdiffeq import odeint`` (used by ``log_likelihood`` only).
@@ -14,40 +15,13 @@ scipy, torchsde and tqdm.
 """
 
 import functools
-import importlib
-import importlib.machinery
-import importlib.util
 import math
-import sys
 import types
 from typing import List, Optional, Sequence
 
 import torch
 
-KD_VERSION = "0.1.1.post1"
-STUBBED_IF_ABSENT = ("torchvision", "torchdiffeq")
-
-
-def _stub(name: str, **attrs) -> types.ModuleType:
-    module = types.ModuleType(name)
-    module.__spec__ = importlib.machinery.ModuleSpec(name, None)
-    module.__dict__.update(attrs)
-    return module
-
-
-def _stubs_for_missing() -> dict:
-    def unavailable(*_, **__):
-        raise RuntimeError("stub installed by tests/peers.py: the real module is not installed")
-
-    stubs = {}
-    if importlib.util.find_spec("torchvision") is None:
-        functional = _stub("torchvision.transforms.functional", to_tensor=unavailable, to_pil_image=unavailable)
-        transforms = _stub("torchvision.transforms", functional=functional)
-        stubs.update({"torchvision": _stub("torchvision", transforms=transforms),
-                      "torchvision.transforms": transforms, "torchvision.transforms.functional": functional})
-    if importlib.util.find_spec("torchdiffeq") is None:
-        stubs["torchdiffeq"] = _stub("torchdiffeq", odeint=unavailable)
-    return stubs
+from benchmarks.bench_suite import load_k_diffusion_sampling
 
 
 def k_diffusion_missing() -> Optional[str]:
@@ -61,27 +35,8 @@ def k_diffusion_missing() -> Optional[str]:
 
 @functools.lru_cache(maxsize=None)
 def k_sampling() -> types.ModuleType:
-    """``k_diffusion.sampling``, loaded without the package ``__init__`` (cached)."""
-    if "k_diffusion" not in sys.modules:
-        spec = importlib.util.find_spec("k_diffusion")  # a top-level find_spec does not run the package __init__
-        if spec is None or not spec.submodule_search_locations:
-            raise ImportError("k-diffusion is not installed (pip install --no-deps k-diffusion==" + KD_VERSION + ")")
-        package = types.ModuleType("k_diffusion")
-        package.__path__ = list(spec.submodule_search_locations)
-        package.__file__ = spec.origin
-        package.__spec__ = importlib.machinery.ModuleSpec("k_diffusion", None, is_package=True)
-        package.__spec__.submodule_search_locations = package.__path__
-        sys.modules["k_diffusion"] = package
-    stubs = _stubs_for_missing()
-    added = [name for name in stubs if name not in sys.modules]
-    sys.modules.update({name: stubs[name] for name in added})
-    try:
-        importlib.import_module("k_diffusion.utils")
-        return importlib.import_module("k_diffusion.sampling")
-    finally:
-        for name in added:
-            if sys.modules.get(name) is stubs[name]:
-                del sys.modules[name]
+    """``k_diffusion.sampling``, loaded without the package ``__init__`` (``load_k_diffusion_sampling``, cached)."""
+    return load_k_diffusion_sampling()
 
 
 def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
