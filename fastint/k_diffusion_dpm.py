@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict
 import torch
 
 from .dpm_adaptive import dpm_adaptive
-from .sampling import per_sample_seeds, sample
+from .sampling import check_call, per_sample_seeds, sample
 from .solvers.base import non_negative
 from .solvers.dpm_solver import DPMSolverFast, fast_sigmas
 
@@ -111,12 +111,7 @@ def sample_dpm_adaptive(model, x, sigma_min, sigma_max, extra_args=None, callbac
     for name, value in (("eta", eta), ("s_noise", s_noise)):
         if not non_negative(value):
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 1:
-        raise TypeError("x must be a floating-point tensor with a leading batch dimension")
-    if not callable(model):
-        raise TypeError("model must be callable as model(x, sigma_batch, **extra_args)")
-    if noise_sampler is not None and not callable(noise_sampler):
-        raise TypeError("noise_sampler must be callable as noise_sampler(sigma, sigma_next)")
+    check_call(model, x, noise_sampler)
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x contains NaN or Inf")
     seed = _seed(seed, extra_args)

@@ -40,6 +40,16 @@ def _sigma_list(sigmas) -> list:
     return values
 
 
+def check_call(model, x, noise_sampler) -> None:
+    """The checks every sampling entry makes of its model, state and noise sampler, naming what is wrong."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 1:
+        raise TypeError("x must be a floating-point tensor with a leading batch dimension")
+    if not callable(model):
+        raise TypeError("model must be callable as model(x, sigma_batch, **extra_args)")
+    if noise_sampler is not None and not callable(noise_sampler):
+        raise TypeError("noise_sampler must be callable as noise_sampler(sigma, sigma_next)")
+
+
 def per_sample_seeds(seed: SeedLike, batch: int, device: torch.device) -> torch.Tensor:
     """int64 seeds, one per sample: ``seed + b`` for an int (Python or numpy), the given ones for a sequence or an
     integer tensor (``fastint.ops.seeds``), and a random base drawn from torch's default CPU generator when None (so
@@ -77,12 +87,7 @@ def sample(model: Callable, x: torch.Tensor, sigmas, solver: str = "dpmpp_2m", *
         method = solver
     else:
         method = get_solver(solver, **options)
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 1:
-        raise TypeError("x must be a floating-point tensor with a leading batch dimension")
-    if not callable(model):
-        raise TypeError("model must be callable as model(x, sigma_batch, **extra_args)")
-    if noise_sampler is not None and not callable(noise_sampler):
-        raise TypeError("noise_sampler must be callable as noise_sampler(sigma, sigma_next)")
+    check_call(model, x, noise_sampler)
     if check_finite not in CHECK_FINITE:
         raise ValueError(f"check_finite must be one of {CHECK_FINITE}, got {check_finite!r}")
     if extra_args is not None and not isinstance(extra_args, dict):
