@@ -27,6 +27,7 @@ from diffusers import (AutoencoderKL, DPMSolverMultistepScheduler, EulerDiscrete
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
 from fastint.integrations.diffusers import FastintScheduler  # noqa: E402
+from one_thread import one_torch_thread  # noqa: E402,F401 - autouse: one torch thread in this module
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning", "ignore::UserWarning")
 STEPS = 4
@@ -34,14 +35,6 @@ SIZE = 16
 ATOL = 1e-5
 SCHEDULERS = [(DPMSolverMultistepScheduler, "dpmpp_2m"), (EulerDiscreteScheduler, "euler"),
               (HeunDiscreteScheduler, "heun")]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _tokenizer(folder) -> CLIPTokenizer:

@@ -22,18 +22,11 @@ from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from fastint.integrations.diffusers import (FastintDPMSolverScheduler, FastintHeunScheduler,  # noqa: E402
                                             FastintScheduler, FastintSEEDSScheduler)
 from fastint.schedules import vp_discrete  # noqa: E402
+from one_thread import one_torch_thread  # noqa: E402,F401 - autouse: one torch thread in this module
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
 RTOL = 2e-5
 SHAPE = (2, 3, 4, 4)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def model(x: torch.Tensor, t) -> torch.Tensor:

@@ -25,20 +25,12 @@ from diffusers import DDPMPipeline, DDPMScheduler, FlowMatchEulerDiscreteSchedul
 
 from fastint.integrations.diffusers import (FastintDPMSolverScheduler, FastintHeunScheduler,  # noqa: E402
                                             FastintRestartScheduler, FastintScheduler, FastintSEEDSScheduler)
+from one_thread import one_torch_thread  # noqa: E402,F401 - autouse: one torch thread in this module
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
 RTOL = 1e-5
 SHAPE = (2, 3, 8, 8)
 STEPS = 5
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions: one intra-op thread (2 threads on a loaded 2-core machine spin for seconds per call)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _unet(seed: int) -> UNet2DModel:

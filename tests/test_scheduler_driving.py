@@ -16,19 +16,12 @@ diffusers = pytest.importorskip("diffusers")
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel  # noqa: E402
 
 from fastint.integrations.diffusers import FastintScheduler  # noqa: E402
+from one_thread import one_torch_thread  # noqa: E402,F401 - autouse: one torch thread in this module
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
 VP_SOLVERS = ["euler", "heun", "ddim", "euler_ancestral", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "dpmpp_3m_sde",
               "seeds_1", "seeds_2", "seeds_3", "restart"]
 BATCH = 2
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _seed(name: str) -> int:
