@@ -145,7 +145,7 @@ if "$PY" -c "import xdist" 2> /dev/null; then
   XDIST=(-n "$workers")
   export OMP_NUM_THREADS=$(( $(nproc) / workers > 0 ? $(nproc) / workers : 1 ))  # no oversubscribed CPU threads
 fi
-step "GPU selection of the tests (${GPU_TESTS[*]})" 240 \
+step "GPU selection of the tests (${GPU_TESTS[*]})" 300 \
   "$PY" -m pytest -q -rs -p no:cacheprovider -p no:benchmark --durations=15 "${XDIST[@]}" "${GPU_TESTS[@]}"
 unset OMP_NUM_THREADS
 summary=$(grep -E "^[0-9]+ (passed|failed)|^=+ .*(passed|failed)" "$LOG" | tail -n 1)
