@@ -111,7 +111,7 @@ def _extension_setup():
     else:
         ext_cls, extra_compile_args = cpp_extension.CppExtension, {"cxx": cxx_flags}
     ext = ext_cls("fastint._C", sources, extra_compile_args=extra_compile_args,
-                  extra_link_args=list(recipe.RELEASE_LDFLAGS), include_dirs=[CSRC], depends=recipe.headers(CSRC))
+                  extra_link_args=recipe.release_ldflags(), include_dirs=[CSRC], depends=recipe.headers(CSRC))
     BuildPy.info = dict(mode="aot", reason=None, torch_version=torch.__version__, with_cuda=with_cuda,
                         cpu_variants=(), cuda_arch_list=arch_list)
 

@@ -3,7 +3,9 @@
 # Triton, nvcc, cuobjdump, compute-sanitizer; no network). Run from anywhere in the repository:
 #
 #   bash benchmarks/prepare_gpu_wheels.sh             # here, once: the wheels the GPU machine lacks, into .whl/
-#   OUT=DIR bash benchmarks/gpu_check.sh [--wheels .whl] [--budget 420]   # on the GPU machine
+#   OUT=DIR bash benchmarks/gpu_check.sh [--wheels .whl] [--budget 420] [--tests-limit 300] [--gpu-only]
+#                                                     # on the GPU machine; --gpu-only: only the tests that need
+#                                                     # CUDA or Triton on a device (CI runs the rest on CPUs)
 #                                                     # (GPU_CHECK_COMMIT=<hash> names the commit in results.md)
 #   bash benchmarks/gpu_check.sh --dry-run            # on a CPU machine (CI): everything that needs no GPU
 #
@@ -19,8 +21,9 @@
 #  7. benchmarks/gpu_bench.py: fused step vs the device's copy bandwidth (16M and 64M elements, fp32 and bf16,
 #     cuda and triton side by side, peers beside them) and whole-loop CUDA-graph replay vs eager;
 #  8. compute-sanitizer memcheck of the CUDA kernel on odd sizes and misaligned views (optional: budget allowing).
-# Writes three files to $OUT: results.md (the summary, printed last), gpu_check.log (every step's output) and
-# figures.json (the benchmark figures). Exit status 0 only if every step passed.
+# Writes four files to $OUT: results.md (the summary, printed last), gpu_check.log (every step's output),
+# failures.log (each failing test with its traceback, written as it fails: kept when a step is stopped at its limit)
+# and figures.json (the benchmark figures). Exit status 0 only if every step passed.
 #
 # --dry-run (CPU): checks the arguments, prepares the wheels into a temporary folder (or takes --wheels) and installs
 # them into a temporary target, collects the GPU selection (pytest --collect-only, must collect tests and no errors)
@@ -32,13 +35,18 @@ GPU_TESTS=(tests/kernels/test_kernels.py tests/test_cuda_graph.py tests/test_cud
 DRY_RUN=0
 WHEELS=""
 BUDGET=420
-usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
+TESTS_LIMIT=300
+GPU_ONLY=0
+usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY_RUN=1 ;;
     --wheels) [ $# -ge 2 ] || { echo "gpu_check: --wheels needs a folder" >&2; exit 2; }; WHEELS=$2; shift ;;
     --budget) [ $# -ge 2 ] && [[ "$2" =~ ^[0-9]+$ ]] || { echo "gpu_check: --budget needs seconds" >&2; exit 2; }
               BUDGET=$2; shift ;;
+    --tests-limit) [ $# -ge 2 ] && [[ "$2" =~ ^[0-9]+$ ]] || { echo "gpu_check: --tests-limit needs seconds" >&2; exit 2; }
+                   TESTS_LIMIT=$2; shift ;;
+    --gpu-only) GPU_ONLY=1 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "gpu_check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -145,8 +153,15 @@ if "$PY" -c "import xdist" 2> /dev/null; then
   XDIST=(-n "$workers")
   export OMP_NUM_THREADS=$(( $(nproc) / workers > 0 ? $(nproc) / workers : 1 ))  # no oversubscribed CPU threads
 fi
-step "GPU selection of the tests (${GPU_TESTS[*]})" 300 \
-  "$PY" -m pytest -q -rs -p no:cacheprovider -p no:benchmark --durations=15 "${XDIST[@]}" "${GPU_TESTS[@]}"
+SELECT=()
+[ "$GPU_ONLY" = 1 ] && SELECT=(-k "(cuda or triton) and not interpreter")
+export FASTINT_FAILURE_LOG="$OUT/failures.log"
+: > "$FASTINT_FAILURE_LOG"
+step "GPU selection of the tests (${GPU_TESTS[*]}${SELECT[*]:+ ${SELECT[*]}})" "$TESTS_LIMIT" \
+  "$PY" -m pytest -q -rs -p no:cacheprovider -p no:benchmark -p benchmarks.pytest_failure_log --durations=15 \
+  "${XDIST[@]}" "${SELECT[@]}" "${GPU_TESTS[@]}"
+unset FASTINT_FAILURE_LOG
+row "failing tests (failures.log)" "$(grep -c '^===== ' "$OUT/failures.log")" "-"
 unset OMP_NUM_THREADS
 summary=$(grep -E "^[0-9]+ (passed|failed)|^=+ .*(passed|failed)" "$LOG" | tail -n 1)
 row "pytest summary" "${summary:-none}" "-"

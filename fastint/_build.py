@@ -24,12 +24,43 @@ CPU_VARIANTS: Dict[str, List[str]] = {
 }
 SOURCE_SUFFIXES = (".h", ".cuh", ".cpp", ".cu")
 RELEASE_CFLAGS = ["-O3", "-g0", "-fopenmp"]
-# On Linux the shared libstdc++ torch uses is linked explicitly, also where the compiler would link it statically
-# (a g++ wrapper adding -static-libstdc++, as one GPU image's does): named first, it defines every libstdc++ symbol,
-# so the static archive the driver appends contributes nothing. A private copy breaks iostreams: c10::str crashed
-# formatting an error message (csrc/cxx_runtime.cpp refuses such a module at import).
-SHARED_LIBSTDCXX = ["-Wl,--push-state,-Bdynamic", "-lstdc++", "-Wl,--pop-state"]
-RELEASE_LDFLAGS = ["-fopenmp", "-s"] + (SHARED_LIBSTDCXX if platform.system() == "Linux" else [])
+# On Linux the link names the shared libstdc++ that this process (the build, with torch imported) has loaded, by its
+# path: the module must use the one C++ runtime torch uses. A private copy breaks iostreams: c10::str crashed
+# formatting an error message (csrc/cxx_runtime.cpp refuses such a module at import). Named by path, it defines every
+# libstdc++ symbol, so whatever static archive the compiler driver appends (a g++ wrapper adding -static-libstdc++)
+# contributes nothing; `-Bdynamic -lstdc++` is not enough: the linker takes the first directory holding either
+# libstdc++.so or libstdc++.a, and a toolchain whose own lib directory has only the archive (one GPU image's
+# /opt/gcc) links it statically all the same. Without a loaded libstdc++ (no torch imported) it falls back to that.
+SHARED_LIBSTDCXX_BY_NAME = ["-Wl,--push-state,-Bdynamic", "-lstdc++", "-Wl,--pop-state"]
+
+
+def loaded_libstdcxx(maps: str = "/proc/self/maps") -> Optional[str]:
+    """The path of the shared libstdc++ mapped into this process (None if none, or not Linux)."""
+    try:
+        with open(maps) as f:
+            for line in f:
+                fields = line.split(None, 5)  # address perms offset device inode [path]
+                path = fields[5].strip() if len(fields) == 6 else ""
+                if os.path.basename(path).startswith("libstdc++.so") and os.path.isfile(path):
+                    return path
+    except OSError:
+        return None
+    return None
+
+
+def shared_libstdcxx_flags() -> List[str]:
+    """Link arguments that give the module the process's shared libstdc++ (see above); [] off Linux."""
+    if platform.system() != "Linux":
+        return []
+    path = loaded_libstdcxx()
+    return [path] if path else list(SHARED_LIBSTDCXX_BY_NAME)
+
+
+def release_ldflags() -> List[str]:
+    """The link flags of a release build: OpenMP, stripped, the shared libstdc++."""
+    return ["-fopenmp", "-s"] + shared_libstdcxx_flags()
+
+
 DEFAULT_CUDA_ARCH_LIST = "8.0;9.0"
 
 

@@ -61,7 +61,7 @@ def cache_dir(csrc: str, with_cuda: bool, variants) -> str:
         digest.update(rel.encode())
         with open(os.path.join(csrc, rel), "rb") as f:
             digest.update(f.read())
-    digest.update(repr((_flags(csrc, with_cuda, variants), _build.RELEASE_LDFLAGS, with_cuda and _build.cuda_arch_list(),
+    digest.update(repr((_flags(csrc, with_cuda, variants), _build.release_ldflags(), with_cuda and _build.cuda_arch_list(),
                         os.environ.get("CXX", ""))).encode())
     base = os.environ.get("FASTINT_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "fastint")
@@ -132,5 +132,5 @@ def _compile(csrc: str, out: str, with_cuda: bool, variants):
         os.environ["TORCH_CUDA_ARCH_LIST"] = _build.cuda_arch_list()  # never query the GPU (initialises CUDA)
     return cpp_extension.load(
         name="_C", sources=_build.sources(csrc, with_cuda), extra_cflags=cflags, extra_cuda_cflags=cuda_flags,
-        extra_ldflags=_build.RELEASE_LDFLAGS + objects, extra_include_paths=[csrc], build_directory=out,
+        extra_ldflags=_build.release_ldflags() + objects, extra_include_paths=[csrc], build_directory=out,
         with_cuda=with_cuda, is_python_module=True, verbose=False)

@@ -16,6 +16,7 @@ import textwrap
 
 import pytest
 
+from fastint import _build
 from kernel_backends import require_backend
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -71,9 +72,26 @@ def test_detector_tells_a_private_libstdcxx_from_the_shared_one(tmp_path):
     for flags in (["-static-libstdc++"], ["-static-libstdc++", "-Wl,-Bsymbolic-functions"]):
         reason, lib = _detector_says(tmp_path, flags)
         assert lib in reason and "its own copy of libstdc++" in reason, (flags, reason)
-    # setup.py's link arguments win over a wrapper's -static-libstdc++
-    reason, _ = _detector_says(tmp_path, ["-static-libstdc++", "-Wl,-Bsymbolic-functions",
-                                          "-Wl,--push-state,-Bdynamic", "-lstdc++", "-Wl,--pop-state"])
+    # the build's link arguments win over a wrapper's -static-libstdc++
+    reason, _ = _detector_says(tmp_path, ["-static-libstdc++", "-Wl,-Bsymbolic-functions", *_build.release_ldflags()])
+    assert reason == ""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or CXX is None, reason="needs Linux and a C++ compiler")
+def test_a_toolchain_with_only_the_static_archive_still_links_the_shared_runtime(tmp_path):
+    """A wrapper whose own lib directory holds libstdc++.a and no libstdc++.so (a GPU image's /opt/gcc): naming the
+    library (-Bdynamic -lstdc++) then takes the archive; the build names the loaded runtime by its path instead."""
+    archive = subprocess.run([CXX, "-print-file-name=libstdc++.a"], capture_output=True, text=True).stdout.strip()
+    if not os.path.isabs(archive) or not os.path.isfile(archive):
+        pytest.skip("this toolchain has no libstdc++.a")
+    only_archive = tmp_path / "only_archive"
+    only_archive.mkdir()
+    shutil.copy(archive, only_archive / "libstdc++.a")
+    wrapper = ["-static-libstdc++", "-Wl,-Bsymbolic-functions", f"-L{only_archive}"]
+    reason, lib = _detector_says(tmp_path, wrapper + _build.SHARED_LIBSTDCXX_BY_NAME)
+    assert lib in reason and "its own copy of libstdc++" in reason, reason
+    assert _build.loaded_libstdcxx() is not None  # torch (imported by the test session) loaded one
+    reason, _ = _detector_says(tmp_path, wrapper + _build.release_ldflags())
     assert reason == ""
 
 
