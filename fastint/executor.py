@@ -564,8 +564,13 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
             else:
                 f = yield model_input, t_batches[t_index], xs
                 held = _SENT
-            if careful or type(f) is not torch.Tensor or f.dtype != dtype or f.shape != shape \
-                    or f.device != device or not f.is_contiguous():
+            # an output of the state's dtype goes straight to an op that checks its tensors itself (shape, device,
+            # layout; the compiled kernels); anything else, or what that op refuses, through the checks naming it
+            key = kind if uniform else None
+            chosen = ops.get(key) if key is not None else None
+            direct = not careful and type(f) is torch.Tensor and f.dtype == dtype and chosen is not None \
+                and chosen[0].raw_checks
+            if not direct:
                 f = run.network_output(f, sigma, evaluation)
                 uniform = uniform and f.dtype == dtype
             if keep:
@@ -574,16 +579,24 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
                     f = _copy(f)
             recording = recording or (grad and f.requires_grad)
             v[out] = f
-            del f
             tensors = pick(v)
             out_tensors = _combine_outputs(run, outs, buffers, staged, states, inputs, recording)
-            key = kind if uniform else kind + tuple([t.dtype for t in tensors])
-            chosen = ops.get(key)
-            if chosen is None:
-                ops[key] = run.first_op(key, out_tensors, tensors, coeffs, seeds if num_noise else None, counter,
-                                        num_noise)
-            else:
-                chosen[1](out_tensors, tensors, coeffs, seeds if num_noise else None, counter, num_noise)
+            if direct:
+                try:
+                    chosen[1](out_tensors, tensors, coeffs, seeds if num_noise else None, counter, num_noise)
+                except RuntimeError:     # the op refused a tensor before writing anything: the checks say why
+                    v[out] = f = run.network_output(f, sigma, evaluation)
+                    tensors = pick(v)
+                    direct = False
+            del f
+            if not direct:
+                key = kind if uniform else kind + tuple([t.dtype for t in tensors])
+                chosen = ops.get(key)
+                if chosen is None:
+                    ops[key] = run.first_op(key, out_tensors, tensors, coeffs, seeds if num_noise else None, counter,
+                                            num_noise)
+                else:
+                    chosen[1](out_tensors, tensors, coeffs, seeds if num_noise else None, counter, num_noise)
             if single:
                 v[first] = out_tensors[0]
             else:
