@@ -20,8 +20,8 @@
 
 extern "C" {
 // `import fastint._C` loads this library so that the static TORCH_LIBRARY registrations run; the ops are reached
-// through torch.ops.fastint, and the module has two functions, the fast Python entry `fused_step` and
-// `all_finite` (python_entry.cpp).
+// through torch.ops.fastint, and the module has three functions, the fast Python entry `fused_step`,
+// `all_finite` and `use_counts` (python_entry.cpp).
 PyObject* PyInit__C(void) {
   static PyMethodDef methods[] = {
       {"fused_step", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(&fastint::fused_step_fastcall)),
@@ -30,6 +30,8 @@ PyObject* PyInit__C(void) {
       {"all_finite", &fastint::all_finite_call, METH_O,
        "all_finite(tensor) -> bool: whether every element is finite (a contiguous CPU float tensor is scanned "
        "in place)"},
+      {"use_counts", &fastint::use_counts_call, METH_O,
+       "use_counts(tensor) -> (int, int): references to the tensor object and to its storage"},
       {nullptr, nullptr, 0, nullptr}};
   const std::string private_runtime = fastint::private_cxx_runtime_reason();
   if (!private_runtime.empty()) {  // refuse a build that would crash on its first error message (cxx_runtime.cpp)

@@ -137,4 +137,17 @@ PyObject* all_finite_call(PyObject* /*self*/, PyObject* tensor) {
   END_HANDLE_TH_ERRORS
 }
 
+PyObject* use_counts_call(PyObject* /*self*/, PyObject* tensor) {
+  HANDLE_TH_ERRORS
+  if (!THPVariable_Check(tensor)) {
+    PyErr_Format(PyExc_TypeError, "fastint._C.use_counts: expected a tensor, got %s", Py_TYPE(tensor)->tp_name);
+    return nullptr;
+  }
+  const at::Tensor& t = THPVariable_Unpack(tensor);
+  const Py_ssize_t references = Py_REFCNT(tensor);
+  const size_t storage = t.has_storage() ? t.storage().use_count() : 0;
+  return Py_BuildValue("(nn)", references, static_cast<Py_ssize_t>(storage));
+  END_HANDLE_TH_ERRORS
+}
+
 }  // namespace fastint

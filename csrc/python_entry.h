@@ -1,4 +1,4 @@
-// Python fast entries: fastint::fused_step and fastint::all_finite (see python_entry.cpp).
+// Python fast entries: fastint::fused_step, fastint::all_finite and fastint::use_counts (see python_entry.cpp).
 #pragma once
 
 #include <Python.h>
@@ -10,5 +10,9 @@ PyObject* fused_step_fastcall(PyObject* self, PyObject* const* args, Py_ssize_t 
 
 // fastint._C.all_finite(tensor) -> bool: METH_O (all_finite.h).
 PyObject* all_finite_call(PyObject* self, PyObject* tensor);
+
+// fastint._C.use_counts(tensor) -> (Python references to the tensor object, references to its storage): METH_O.
+// The executor's test whether anyone besides itself holds a model output (without making a Python storage object).
+PyObject* use_counts_call(PyObject* self, PyObject* tensor);
 
 }  // namespace fastint

@@ -82,3 +82,20 @@ def test_a_meta_tensor_among_real_ones_is_refused_before_anything_is_written():
                  [1.0], None, 0, 0)
         meta = [torch.empty(2, 33, device="meta") for _ in range(3)]
         assert call(meta[:1], meta[1:], [1.0, 2.0], None, 0, 0) is None
+
+
+def test_use_counts_sees_every_holder_of_the_tensor_and_its_storage():
+    """fastint._C.use_counts: the executor's test whether a model output is held elsewhere (tests/
+    test_output_history.py covers what it is used for); each new holder raises its own count by one."""
+    use_counts = extension.module().use_counts
+    t = torch.randn(4, 3)
+    references, storage = use_counts(t)
+    alias = t
+    assert use_counts(t) == (references + 1, storage)
+    del alias
+    view = t[1:]
+    assert use_counts(t) == (references, storage + 1)
+    del view
+    assert use_counts(t) == (references, storage)
+    with pytest.raises(TypeError, match="use_counts: expected a tensor, got int"):
+        use_counts(3)
