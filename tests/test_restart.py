@@ -201,3 +201,31 @@ def test_restart_beats_ode_and_sde_at_equal_nfe_where_the_ode_plateaus():
 
 def _seed():
     return int(torch.randint(0, 2 ** 31, (1,)))
+
+
+@pytest.mark.parametrize("solver", ["dpmpp_2m", "dpmpp_3m"])
+def test_segments_give_the_bits_of_each_solver_run_alone(solver):
+    """Restart with another solver for the main pass and the restarts is, bit for bit, that solver's own runs
+    composed by hand: main pass to t_min, the jump, the restart down its Karras grid, the rest of the main pass.
+    With an adapter whose c_in != 1 this holds only if each segment's first network input is c_in times its
+    stored initial state, as in a run of its own, not staged by the previous segment's last update."""
+    from fastint.models import DiscreteVPDenoiser
+    from fastint.ops import fused_step
+    from fastint.schedules import alphas_cumprod_from_betas, betas_linear, vp_discrete
+    from fastint.solvers.restart import inner_grid
+
+    ab = alphas_cumprod_from_betas(betas_linear(1000, 1e-4, 0.02))
+    sigmas = vp_discrete(ab, 12, spacing="linspace").sigmas
+    weight = torch.linspace(-0.5, 0.7, 6)
+    model = DiscreteVPDenoiser(lambda u, t: torch.tanh(u * weight) * (1 + t[:, None] / 2000), ab)
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(41)) * float(sigmas[0])
+    z = torch.randn(3, 6, generator=torch.Generator().manual_seed(42))
+    idx, t_max, n = 6, float(sigmas[3]), 4
+    t_min = float(sigmas[idx])
+    got = fastint.sample(model, x, sigmas, "restart", restart_info={"0": [n, 1, t_min, t_max]}, main_solver=solver,
+                         inner_solver=solver, restart_gamma=0.0, noise_sampler=lambda a, b: z, backend="cpp")
+    main = fastint.sample(model, x, sigmas[:idx + 1], solver, backend="cpp")
+    jumped, = fused_step([main, z], [[1.0, (t_max ** 2 - t_min ** 2) ** 0.5]], backend="cpp")
+    restarted = fastint.sample(model, jumped, torch.tensor(inner_grid(t_min, t_max, n), dtype=torch.float64), solver, backend="cpp")
+    want = fastint.sample(model, restarted, sigmas[idx:], solver, backend="cpp")
+    assert torch.equal(got, want), (got - want).abs().max()

@@ -6,7 +6,9 @@ program never looks inside one. The requests:
 
 - ``Denoise(state, sigma)`` -> the handle of ``D(state, sigma)`` (one model evaluation). ``fuse=True`` lets the
   executor keep D as its adapter parts ``c_skip x + c_out F`` inside the next combinations instead of materialising
-  it (the solvers that did so before keep doing so, the others keep their exact results);
+  it (the solvers that did so before keep doing so, the others keep their exact results). ``stage=False``: the
+  network input ``c_in x`` is computed from the stored state, never written by the update that made the state in
+  the same fused call (the first evaluation of a solver run inside another program: ``nested``);
 - ``Combine(rows, noise)`` -> the handle of ``sum c h`` over one row of ``(coefficient, handle)`` terms, plus
   ``sum_k c_k z_k`` for the noise streams of ``noise = (NoiseEvent, coefficients)``; with several rows, a tuple
   of handles (one fused-op call writing every row; the noise enters the first row);
@@ -52,6 +54,7 @@ class Denoise(NamedTuple):
     state: Handle
     sigma: float
     fuse: bool = True
+    stage: bool = True
 
 
 class Combine(NamedTuple):
@@ -81,9 +84,11 @@ def combine(terms: Sequence[Term], noise: Optional[Tuple[NoiseEvent, Sequence[fl
     return Combine((tuple(terms),), None if noise is None else (noise[0], tuple(noise[1])))
 
 
-def shifted_reports(program: Program, offset: int) -> Program:
-    """``program`` with the step index of its reports shifted by ``offset`` (a program run inside another)."""
-    sent = None
+def nested(program: Program, offset: int) -> Program:
+    """``program`` run inside another as it runs alone: the step index of its reports shifted by ``offset``, and its
+    first evaluation's network input computed from its initial state (``Denoise(stage=False)``), as when the
+    solver starts a run of its own -- so a segment gives the bits of that solver run by itself."""
+    sent, first = None, True
     while True:
         try:
             request = program.send(sent)
@@ -91,6 +96,8 @@ def shifted_reports(program: Program, offset: int) -> Program:
             return stop.value
         if type(request) is Report:
             request = request._replace(i=request.i + offset)
+        elif first and type(request) is Denoise:
+            request, first = request._replace(stage=False), False
         sent = yield request
 
 

@@ -56,7 +56,7 @@ from typing import Dict, List, Sequence, Tuple
 
 from .base import Option, Solver, non_negative
 from .edm import churned, heun_step
-from .program import Denoise, NoiseEvent, Report, combine, shifted_reports
+from .program import Denoise, NoiseEvent, Report, combine, nested
 from .restart_presets import PRESETS
 
 DETERMINISTIC = ("heun", "euler", "ddim", "dpmpp_2m", "dpmpp_3m")
@@ -276,7 +276,7 @@ class Restart(Solver):
     def _segment(x, solver_name, grid, step_id):
         """Program fragment: another deterministic solver down ``grid`` (its reports numbered from ``step_id``)."""
         from . import get_solver
-        x = yield from shifted_reports(get_solver(solver_name).program([float(v) for v in grid], x), step_id)
+        x = yield from nested(get_solver(solver_name).program([float(v) for v in grid], x), step_id)
         return x, step_id + len(grid) - 1
 
     def program(self, sigmas, x):
