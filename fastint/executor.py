@@ -9,7 +9,7 @@ Every solver is a host program (``fastint.solvers.program``). A run is
    ``D = c_skip x + c_out F``), a ``Denoise(fuse=True)`` keeps D as its parts ``(x, F)`` and every combination
    reading it is expanded and merged into one coefficient row per output (float64, on the host); a combination
    whose result is next denoised that way also writes ``c_in x`` as a second row (the next network input, no op
-   of its own). Coefficients are merged per input in order of appearance, zero ones dropped, and checked finite.
+   of its own; not for a ``Denoise(stage=False)``, the first evaluation of a nested solver run). Coefficients are merged per input in order of appearance, zero ones dropped, and checked finite.
    State buffers are assigned by liveness (a state's buffer is reused once nothing reads it any more; an exact
    alias of an input is allowed by the op); every network input gets memory of its own (a network may keep its
    input or return a view of it);
@@ -26,7 +26,10 @@ diffusers scheduler run the same code.
 evaluation (a multistep history, Heun's first D) is copied when its storage can change under it: when anyone but
 the executor holds the tensor or its storage (a network returning the same buffer every call, as CUDA-graph or
 ``torch.compile(mode="reduce-overhead")`` models do; a view of its input; an output written in place into a
-buffer the network keeps). The test is two reference counts (~1 us); a fresh output is never copied.
+buffer the network keeps). The test is two reference counts (``fastint._C.use_counts``, ~1 us); a fresh output
+is never copied. An output of the state's dtype goes straight to an op that checks its tensors itself (the compiled
+kernels: shape, device, layout, overlap); only an output such an op refuses, or one of another dtype, goes through
+the Python checks, which name the problem or convert it.
 
 **Gradients.** The fused op is differentiable (``fastint.ops.autograd``). With grad mode on, from the first tensor
 that requires grad (x, a model output, injected noise, a guidance gradient) every later combination writes fresh
