@@ -557,6 +557,10 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
     careful = run.check_finite == "step"   # every model output through the full checks (finiteness included)
     counts, local, sent = _use_counter()
     uniform = True      # every tensor so far has the state's dtype: an op's kind is its counts alone
+    # per kind of step, the raw op of a backend that checks its tensors itself (the compiled kernels): a model
+    # output of the state's dtype goes straight to it; anything else, or what it refuses, through the checks naming
+    # it (a kind first met in this run takes the checked path once)
+    direct_ops = {} if careful else {key: chosen[1] for key, chosen in ops.items() if chosen[0].raw_checks}
     if bar is not None:
         bar.total = plan.reports
         bar.refresh()
@@ -580,12 +584,8 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
             else:
                 f = yield model_input, t_batches[t_index], xs
                 held = sent
-            # an output of the state's dtype goes straight to an op that checks its tensors itself (shape, device,
-            # layout; the compiled kernels); anything else, or what that op refuses, through the checks naming it
-            key = kind if uniform else None
-            chosen = ops.get(key) if key is not None else None
-            direct = not careful and type(f) is torch.Tensor and f.dtype == dtype and chosen is not None \
-                and chosen[0].raw_checks
+            raw = direct_ops.get(kind) if uniform else None
+            direct = raw is not None and type(f) is torch.Tensor and f.dtype == dtype
             if not direct:
                 f = run.network_output(f, sigma, evaluation)
                 uniform = uniform and f.dtype == dtype
@@ -593,13 +593,21 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
                 references, storage = counts(f)
                 if references > held[0] or storage > held[1]:
                     f = _copy(f)
-            recording = recording or (grad and f.requires_grad)
+            if grad and not recording:
+                recording = f.requires_grad
             v[out] = f
             tensors = pick(v)
-            out_tensors = _combine_outputs(run, outs, buffers, staged, states, inputs, recording)
+            if recording:       # (_combine_outputs, written out: this is the step between two network calls)
+                out_tensors = [torch.empty(shape, dtype=dtype, device=device) for _ in outs]
+            elif staged:
+                out_tensors = [states[buffers[0]], next(inputs)]
+            elif single:
+                out_tensors = [states[buffers[0]]]
+            else:
+                out_tensors = [states[b] for b in buffers]
             if direct:
                 try:
-                    chosen[1](out_tensors, tensors, coeffs, seeds if num_noise else None, counter, num_noise)
+                    raw(out_tensors, tensors, coeffs, seeds if num_noise else None, counter, num_noise)
                 except RuntimeError:     # the op refused a tensor before writing anything: the checks say why
                     v[out] = f = run.network_output(f, sigma, evaluation)
                     tensors = pick(v)
@@ -609,8 +617,10 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
                 key = kind if uniform else kind + tuple([t.dtype for t in tensors])
                 chosen = ops.get(key)
                 if chosen is None:
-                    ops[key] = run.first_op(key, out_tensors, tensors, coeffs, seeds if num_noise else None, counter,
-                                            num_noise)
+                    chosen = ops[key] = run.first_op(key, out_tensors, tensors, coeffs, seeds if num_noise else None,
+                                                     counter, num_noise)
+                    if key == kind and not careful and chosen[0].raw_checks:
+                        direct_ops[kind] = chosen[1]
                 else:
                     chosen[1](out_tensors, tensors, coeffs, seeds if num_noise else None, counter, num_noise)
             if single:
