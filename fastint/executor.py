@@ -9,7 +9,8 @@ Every solver is a host program (``fastint.solvers.program``). A run is
    ``D = c_skip x + c_out F``), a ``Denoise(fuse=True)`` keeps D as its parts ``(x, F)`` and every combination
    reading it is expanded and merged into one coefficient row per output (float64, on the host); a combination
    whose result is next denoised that way also writes ``c_in x`` as a second row (the next network input, no op
-   of its own; not for a ``Denoise(stage=False)``, the first evaluation of a nested solver run). Coefficients are merged per input in order of appearance, zero ones dropped, and checked finite.
+   of its own; not for a ``Denoise(stage=False)``, the first evaluation of a nested solver run). Coefficients are
+   merged per input in order of appearance, zero ones dropped, and checked finite.
    State buffers are assigned by liveness (a state's buffer is reused once nothing reads it any more; an exact
    alias of an input is allowed by the op); every network input gets memory of its own (a network may keep its
    input or return a view of it);
@@ -557,10 +558,6 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
     careful = run.check_finite == "step"   # every model output through the full checks (finiteness included)
     counts, local, sent = _use_counter()
     uniform = True      # every tensor so far has the state's dtype: an op's kind is its counts alone
-    # per kind of step, the raw op of a backend that checks its tensors itself (the compiled kernels): a model
-    # output of the state's dtype goes straight to it; anything else, or what it refuses, through the checks naming
-    # it (a kind first met in this run takes the checked path once)
-    direct_ops = {} if careful else {key: chosen[1] for key, chosen in ops.items() if chosen[0].raw_checks}
     if bar is not None:
         bar.total = plan.reports
         bar.refresh()
@@ -584,8 +581,12 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
             else:
                 f = yield model_input, t_batches[t_index], xs
                 held = sent
-            raw = direct_ops.get(kind) if uniform else None
-            direct = raw is not None and type(f) is torch.Tensor and f.dtype == dtype
+            # an output of the state's dtype goes straight to an op that checks its tensors itself (shape, device,
+            # layout; the compiled kernels); anything else, or what that op refuses, through the checks naming it
+            key = kind if uniform else None
+            chosen = ops.get(key) if key is not None else None
+            direct = not careful and type(f) is torch.Tensor and f.dtype == dtype and chosen is not None \
+                and chosen[0].raw_checks
             if not direct:
                 f = run.network_output(f, sigma, evaluation)
                 uniform = uniform and f.dtype == dtype
@@ -593,21 +594,13 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
                 references, storage = counts(f)
                 if references > held[0] or storage > held[1]:
                     f = _copy(f)
-            if grad and not recording:
-                recording = f.requires_grad
+            recording = recording or (grad and f.requires_grad)
             v[out] = f
             tensors = pick(v)
-            if recording:       # (_combine_outputs, written out: this is the step between two network calls)
-                out_tensors = [torch.empty(shape, dtype=dtype, device=device) for _ in outs]
-            elif staged:
-                out_tensors = [states[buffers[0]], next(inputs)]
-            elif single:
-                out_tensors = [states[buffers[0]]]
-            else:
-                out_tensors = [states[b] for b in buffers]
+            out_tensors = _combine_outputs(run, outs, buffers, staged, states, inputs, recording)
             if direct:
                 try:
-                    raw(out_tensors, tensors, coeffs, seeds if num_noise else None, counter, num_noise)
+                    chosen[1](out_tensors, tensors, coeffs, seeds if num_noise else None, counter, num_noise)
                 except RuntimeError:     # the op refused a tensor before writing anything: the checks say why
                     v[out] = f = run.network_output(f, sigma, evaluation)
                     tensors = pick(v)
@@ -617,10 +610,8 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
                 key = kind if uniform else kind + tuple([t.dtype for t in tensors])
                 chosen = ops.get(key)
                 if chosen is None:
-                    chosen = ops[key] = run.first_op(key, out_tensors, tensors, coeffs, seeds if num_noise else None,
-                                                     counter, num_noise)
-                    if key == kind and not careful and chosen[0].raw_checks:
-                        direct_ops[kind] = chosen[1]
+                    ops[key] = run.first_op(key, out_tensors, tensors, coeffs, seeds if num_noise else None, counter,
+                                            num_noise)
                 else:
                     chosen[1](out_tensors, tensors, coeffs, seeds if num_noise else None, counter, num_noise)
             if single:
