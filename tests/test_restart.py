@@ -226,6 +226,7 @@ def test_segments_give_the_bits_of_each_solver_run_alone(solver):
                          inner_solver=solver, restart_gamma=0.0, noise_sampler=lambda a, b: z, backend="cpp")
     main = fastint.sample(model, x, sigmas[:idx + 1], solver, backend="cpp")
     jumped, = fused_step([main, z], [[1.0, (t_max ** 2 - t_min ** 2) ** 0.5]], backend="cpp")
-    restarted = fastint.sample(model, jumped, torch.tensor(inner_grid(t_min, t_max, n), dtype=torch.float64), solver, backend="cpp")
+    restart_grid = torch.tensor(inner_grid(t_min, t_max, n), dtype=torch.float64)
+    restarted = fastint.sample(model, jumped, restart_grid, solver, backend="cpp")
     want = fastint.sample(model, restarted, sigmas[idx:], solver, backend="cpp")
     assert torch.equal(got, want), (got - want).abs().max()
