@@ -2,6 +2,7 @@
 noise addressing, quality against the ODE and SDE baselines, and bad configurations."""
 
 import json
+import zlib
 
 import pytest
 import torch
@@ -172,20 +173,20 @@ def test_official_numbers_as_strings_are_accepted():
 def test_restart_beats_ode_and_sde_at_equal_nfe_where_the_ode_plateaus():
     """sigma_max = 3 with x ~ N(0, 3^2): the prior is much narrower than the true marginal, the ODE carries the
     mismatch to the end (Heun with many more steps is no better), the SDE contracts it partly, Restart's jumps
-    contract it K times. Equal NFE (39); two fresh seeds; the gap between Restart's worst and each baseline's best run exceeds the
+    contract it K times. Equal NFE (39); two seeds (fixed, from a stable hash); the gap between Restart's worst and each baseline's best run exceeds the
     seed-to-seed spread of both. Distance:
     the Frechet distance to the target (a 200000-sample exact set: its own noise is far below the differences)."""
     from fastint.metrics import frechet_distance
     gm = default_mixture()
     batch, s_max = 10000, 3.0
-    ref = gm.sample(200000, generator=torch.Generator().manual_seed(_seed()))
+    ref = gm.sample(200000, generator=torch.Generator().manual_seed(_seed("restart plateau reference")))
     sigmas = karras(8, 0.002, s_max)
     info = {"0": [3, 6, 1.0, 2.97]}
     nfe = restart_nfe(sigmas.tolist(), plan_restart(sigmas.tolist(), parse_restart_info(info), a1111=False))
     assert nfe == 39
     results = {"restart": [], "heun": [], "dpmpp_2m_sde": []}
-    for _ in range(2):
-        seed = _seed()
+    for run in range(2):
+        seed = _seed(f"restart plateau run {run}")
         x = s_max * torch.randn(batch, 2, generator=torch.Generator().manual_seed(seed))
         results["restart"].append(frechet_distance(
             fastint.sample(gm, x, sigmas, "restart", restart_info=info, seed=seed), ref))
@@ -199,8 +200,8 @@ def test_restart_beats_ode_and_sde_at_equal_nfe_where_the_ode_plateaus():
         assert max(results["restart"]) < 0.5 * min(results[other]), (other, results)
 
 
-def _seed():
-    return int(torch.randint(0, 2 ** 31, (1,)))
+def _seed(name: str) -> int:
+    return zlib.crc32(name.encode()) & 0x7FFFFFFF
 
 
 @pytest.mark.parametrize("solver", ["dpmpp_2m", "dpmpp_3m"])
