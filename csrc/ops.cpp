@@ -30,8 +30,9 @@ PyObject* PyInit__C(void) {
       {"all_finite", &fastint::all_finite_call, METH_O,
        "all_finite(tensor) -> bool: whether every element is finite (a contiguous CPU float tensor is scanned "
        "in place)"},
-      {"use_counts", &fastint::use_counts_call, METH_O,
-       "use_counts(tensor) -> (int, int): references to the tensor object and to its storage"},
+      {"use_counts", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(&fastint::use_counts_fastcall)),
+       METH_FASTCALL, "use_counts(tensor) -> (int, int): references to the tensor object and to its storage; "
+                      "use_counts(tensor, references, storage) -> bool: whether either count exceeds the given one"},
       {nullptr, nullptr, 0, nullptr}};
   const std::string private_runtime = fastint::private_cxx_runtime_reason();
   if (!private_runtime.empty()) {  // refuse a build that would crash on its first error message (cxx_runtime.cpp)
@@ -83,48 +84,72 @@ const void* address_of(const at::Tensor& t) {
   }
 }
 
-// [first, last) byte addresses a tensor's elements span.
-std::pair<uintptr_t, uintptr_t> byte_span(const at::Tensor& t) {
+// The bytes a tensor's elements occupy: [lo, hi), its element size and whether it is contiguous. A tensor without
+// addressable memory (address_of is nullptr) gets an empty extent at 0, which overlaps nothing.
+struct Extent {
+  uintptr_t lo = 0, hi = 0;
+  int64_t element_size = 0;
+  bool contiguous = false;
+};
+
+Extent extent_of(const at::Tensor& t) {
   const uintptr_t base = reinterpret_cast<uintptr_t>(address_of(t));
+  if (base == 0 || t.numel() == 0) return {};
   int64_t low = 0, high = 0;
   for (int64_t d = 0; d < t.dim(); ++d) {
     const int64_t extent = (t.size(d) - 1) * t.stride(d);
     (extent < 0 ? low : high) += extent;
   }
   const int64_t size = static_cast<int64_t>(t.element_size());
-  return {base + low * size, base + (high + 1) * size};
+  return {base + low * size, base + (high + 1) * size, size, t.is_contiguous()};
 }
 
-bool overlaps(const at::Tensor& a, const at::Tensor& b) {
-  if (a.numel() == 0 || b.numel() == 0 || address_of(a) == nullptr || address_of(b) == nullptr) return false;
-  const auto [a_lo, a_hi] = byte_span(a);
-  const auto [b_lo, b_hi] = byte_span(b);
-  return a_lo < b_hi && b_lo < a_hi;
+// A contiguous tensor of `numel` elements at `address` (the kernels' tensors, once make_fused_step_args checked them).
+Extent contiguous_extent(const void* address, int64_t numel, int64_t element_size) {
+  const uintptr_t base = reinterpret_cast<uintptr_t>(address);
+  if (base == 0 || numel == 0) return {};
+  return {base, base + static_cast<uintptr_t>(numel * element_size), element_size, true};
 }
 
-}  // namespace
+bool overlaps(const Extent& a, const Extent& b) { return a.lo < b.hi && b.lo < a.hi; }
 
-void check_fused_step_call(at::TensorList outs, at::TensorList inputs, c10::ArrayRef<double> coeffs) {
+// Exactly the same elements: an in-place update.
+bool same_elements(const Extent& a, const Extent& b) {
+  return a.lo == b.lo && a.hi == b.hi && a.element_size == b.element_size && a.contiguous && b.contiguous;
+}
+
+void check_coefficients(c10::ArrayRef<double> coeffs) {
   for (size_t j = 0; j < coeffs.size(); ++j) {
     TORCH_CHECK_VALUE(std::isfinite(coeffs[j]) && std::fabs(coeffs[j]) <= static_cast<double>(FLT_MAX),
                       "fastint::fused_step: coefficient ", j, " = ", coeffs[j], " is not a finite float32 value "
                       "(|c| <= ", FLT_MAX, " and not NaN)");
   }
-  for (size_t m = 0; m < outs.size(); ++m) {
-    const at::Tensor& o = outs[m];
+}
+
+void check_memory(const Extent* outs, size_t num_out, const Extent* inputs, size_t num_in) {
+  for (size_t m = 0; m < num_out; ++m) {
     for (size_t j = 0; j < m; ++j) {
-      TORCH_CHECK_VALUE(!overlaps(o, outs[j]), "fastint::fused_step: outputs ", j, " and ", m, " overlap in memory "
-                        "(the same tensor, or views of one buffer); pass distinct output tensors");
+      TORCH_CHECK_VALUE(!overlaps(outs[m], outs[j]), "fastint::fused_step: outputs ", j, " and ", m, " overlap in "
+                        "memory (the same tensor, or views of one buffer); pass distinct output tensors");
     }
-    for (size_t i = 0; i < inputs.size(); ++i) {
-      const at::Tensor& t = inputs[i];
-      const bool in_place = address_of(t) == address_of(o) && t.element_size() == o.element_size() &&
-                            t.is_contiguous() && o.is_contiguous() && t.sizes() == o.sizes();
-      TORCH_CHECK_VALUE(in_place || !overlaps(o, t), "fastint::fused_step: output ", m, " partially overlaps input ",
-                        i, "; an output may only alias an input exactly (same memory, shape and dtype: an in-place "
-                        "update) or not at all");
+    for (size_t i = 0; i < num_in; ++i) {
+      TORCH_CHECK_VALUE(same_elements(outs[m], inputs[i]) || !overlaps(outs[m], inputs[i]), "fastint::fused_step: "
+                        "output ", m, " partially overlaps input ", i, "; an output may only alias an input exactly "
+                        "(same memory, shape and dtype: an in-place update) or not at all");
     }
   }
+}
+
+}  // namespace
+
+void check_fused_step_call(at::TensorList outs, at::TensorList inputs, c10::ArrayRef<double> coeffs) {
+  check_coefficients(coeffs);
+  TORCH_CHECK(outs.size() <= kMaxOutputs && inputs.size() <= kMaxInputs, "fastint::fused_step: 1 to ", kMaxInputs,
+              " inputs and 1 to ", kMaxOutputs, " outputs, got ", inputs.size(), " and ", outs.size());
+  Extent out_extents[kMaxOutputs], in_extents[kMaxInputs];
+  for (size_t m = 0; m < outs.size(); ++m) out_extents[m] = extent_of(outs[m]);
+  for (size_t i = 0; i < inputs.size(); ++i) in_extents[i] = extent_of(inputs[i]);
+  check_memory(out_extents, outs.size(), in_extents, inputs.size());
 }
 
 FusedStepArgs make_fused_step_args(at::TensorList outs, at::TensorList inputs, c10::ArrayRef<double> coeffs,
@@ -164,7 +189,13 @@ FusedStepArgs make_fused_step_args(at::TensorList outs, at::TensorList inputs, c
     a.out[m] = o.data_ptr();
     a.out_dtype[m] = dtype_code(o, "output", m);
   }
-  check_fused_step_call(outs, inputs, coeffs);
+  // every tensor is contiguous and shaped like input 0 (checked above): their extents follow from the addresses
+  check_coefficients(coeffs);
+  const int64_t numel = ref.numel();
+  Extent out_extents[kMaxOutputs], in_extents[kMaxInputs];
+  for (int64_t m = 0; m < n_out; ++m) out_extents[m] = contiguous_extent(a.out[m], numel, outs[m].element_size());
+  for (int64_t i = 0; i < n_in; ++i) in_extents[i] = contiguous_extent(a.in[i], numel, inputs[i].element_size());
+  check_memory(out_extents, n_out, in_extents, n_in);
   for (size_t j = 0; j < coeffs.size(); ++j) a.coef[j] = static_cast<float>(coeffs[j]);
   a.num_in = static_cast<int32_t>(n_in);
   a.num_out = static_cast<int32_t>(n_out);

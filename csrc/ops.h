@@ -17,7 +17,8 @@ namespace fastint {
 void check_fused_step_call(at::TensorList outs, at::TensorList inputs, c10::ArrayRef<double> coeffs);
 
 // Check a call (the Python contract already validated it; this guards direct torch.ops calls and the fast entry:
-// check_fused_step_call and the tensors' devices, shapes, dtypes and layout) and pack the kernel arguments.
+// the tensors' devices, shapes, dtypes and layout, then check_fused_step_call's checks, made on the addresses of
+// the now known contiguous, equally shaped tensors) and pack the kernel arguments.
 // Throws c10::Error naming the problem.
 FusedStepArgs make_fused_step_args(at::TensorList outs, at::TensorList inputs, c10::ArrayRef<double> coeffs,
                                    const std::optional<at::Tensor>& seeds, int64_t counter, int64_t num_noise,

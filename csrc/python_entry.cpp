@@ -137,16 +137,28 @@ PyObject* all_finite_call(PyObject* /*self*/, PyObject* tensor) {
   END_HANDLE_TH_ERRORS
 }
 
-PyObject* use_counts_call(PyObject* /*self*/, PyObject* tensor) {
+PyObject* use_counts_fastcall(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
+  if (nargs != 1 && nargs != 3) {
+    PyErr_Format(PyExc_TypeError, "fastint._C.use_counts(tensor[, references, storage]) takes 1 or 3 arguments, "
+                 "got %zd", nargs);
+    return nullptr;
+  }
+  PyObject* tensor = args[0];
   if (!THPVariable_Check(tensor)) {
     PyErr_Format(PyExc_TypeError, "fastint._C.use_counts: expected a tensor, got %s", Py_TYPE(tensor)->tp_name);
     return nullptr;
   }
   const at::Tensor& t = THPVariable_Unpack(tensor);
   const Py_ssize_t references = Py_REFCNT(tensor);
-  const size_t storage = t.has_storage() ? t.storage().use_count() : 0;
-  return Py_BuildValue("(nn)", references, static_cast<Py_ssize_t>(storage));
+  const Py_ssize_t storage = t.has_storage() ? static_cast<Py_ssize_t>(t.storage().use_count()) : 0;
+  if (nargs == 1) return Py_BuildValue("(nn)", references, storage);
+  const Py_ssize_t reference_limit = PyLong_AsSsize_t(args[1]);
+  if (reference_limit == -1 && PyErr_Occurred()) return nullptr;
+  const Py_ssize_t storage_limit = PyLong_AsSsize_t(args[2]);
+  if (storage_limit == -1 && PyErr_Occurred()) return nullptr;
+  if (references > reference_limit || storage > storage_limit) Py_RETURN_TRUE;
+  Py_RETURN_FALSE;
   END_HANDLE_TH_ERRORS
 }
 

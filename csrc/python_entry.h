@@ -11,8 +11,9 @@ PyObject* fused_step_fastcall(PyObject* self, PyObject* const* args, Py_ssize_t 
 // fastint._C.all_finite(tensor) -> bool: METH_O (all_finite.h).
 PyObject* all_finite_call(PyObject* self, PyObject* tensor);
 
-// fastint._C.use_counts(tensor) -> (Python references to the tensor object, references to its storage): METH_O.
-// The executor's test whether anyone besides itself holds a model output (without making a Python storage object).
-PyObject* use_counts_call(PyObject* self, PyObject* tensor);
+// fastint._C.use_counts(tensor) -> (Python references to the tensor object, references to its storage), and
+// use_counts(tensor, references, storage) -> whether either count exceeds the given one: METH_FASTCALL. The
+// executor's test whether anyone besides itself holds a model output (without making a Python storage object).
+PyObject* use_counts_fastcall(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
 
 }  // namespace fastint

@@ -78,9 +78,11 @@ def all_finite(t: torch.Tensor) -> bool:
 # -- who else holds a model output -----------------------------------------------------------------------------
 
 
-def _python_use_counts(t: torch.Tensor) -> Tuple[int, int]:
-    """(Python references to ``t``, references to its storage), as seen from the caller of this function."""
-    return sys.getrefcount(t), torch._C._storage_Use_Count(t.untyped_storage()._cdata)
+def _python_use_counts(t: torch.Tensor, references: Optional[int] = None, storage: Optional[int] = None):
+    """(Python references to ``t``, references to its storage), as seen from the caller of this function; with
+    ``references`` and ``storage``, whether either count exceeds the given one (``fastint._C.use_counts``)."""
+    counts = sys.getrefcount(t), torch._C._storage_Use_Count(t.untyped_storage()._cdata)
+    return counts if references is None else counts[0] > references or counts[1] > storage
 
 
 def _calibrate_local(counts) -> Tuple[int, int]:
@@ -101,13 +103,15 @@ def _calibrate_sent(counts) -> Tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=None)
-def _use_counter() -> Tuple[Callable[[torch.Tensor], Tuple[int, int]], Tuple[int, int], Tuple[int, int]]:
-    """``(counts, local, sent)``: ``counts(t)`` gives (Python references to ``t``, references to its storage) --
+def _use_counter() -> Tuple[Callable[..., Any], Tuple[int, int], Tuple[int, int]]:
+    """``(counts, local, sent)``: ``counts(t)`` gives (Python references to ``t``, references to its storage) and
+    ``counts(t, references, storage)`` whether either exceeds the given one --
     ``fastint._C.use_counts`` (no Python storage object: ~10 us less per kept output between two network calls of
     a CPU run) or, without the extension, through ``untyped_storage()``; ``local`` and ``sent`` are what it gives
     for a tensor that only the executor holds: a local variable of ``_execute`` (model called there), or that
     variable plus the caller's that sent it in (``drive``: the diffusers scheduler). Anything above means someone
-    else holds the output or its storage (a network reusing its output buffer), and the executor keeps a copy."""
+    else holds the output or its storage (a network reusing its output buffer), and the executor keeps a copy
+    (one call of ``counts(output, references, storage)`` per kept output)."""
     counts = _python_use_counts if extension.load() else extension.module().use_counts
     return counts, _calibrate_local(counts), _calibrate_sent(counts)
 
@@ -297,7 +301,9 @@ def _lower(tape: Tape, host_plan, injected: bool, adapter: bool) -> Plan:
 
 def _steps(instructions: List[tuple]) -> List[tuple]:
     """The instructions with each fused network evaluation and the combination right after it merged into one
-    STEP (the common step of a replay without callback: one pass through the loop between two network calls)."""
+    STEP (the common step of a replay without callback: one pass through the loop between two network calls). A
+    STEP's fields are in the order the replay reads them, the ones only a slow path reads (an output the op refuses,
+    a network input computed by the op) last."""
     out, index = [], 0
     while index < len(instructions):
         ins = instructions[index]
@@ -305,8 +311,8 @@ def _steps(instructions: List[tuple]) -> List[tuple]:
         if ins[0] == DENOISE and ins[1] == FUSED and after is not None and after[0] == COMBINE and not after[7]:
             _, _, state, source, input_slot, out_slot, sigma, c_in, _, _, t_index, evaluation, keep = ins
             _, pick, outs, buffers, coeffs, num_noise, counter, _, kind, staged = after
-            out.append((STEP, state, source, input_slot, out_slot, sigma, c_in, t_index, evaluation, keep, pick,
-                        outs[0], len(outs) == 1, outs, buffers, coeffs, num_noise, counter, kind, staged))
+            out.append((STEP, source, input_slot, state, t_index, out_slot, keep, pick, coeffs, num_noise, counter,
+                        outs[0] if len(outs) == 1 else None, outs, buffers, staged, kind, sigma, c_in, evaluation))
             index += 2
         else:
             out.append(ins)
@@ -390,7 +396,8 @@ _PLAIN_LOWERED: Dict[Any, Plan] = {}
 _MEMO_SIZE = 64
 
 
-def _remember(memo: dict, key, value):
+def remember(memo: dict, key, value):
+    """``memo[key] = value`` (dropping the oldest entry of a full memo); returns ``value``."""
     if len(memo) >= _MEMO_SIZE:
         del memo[next(iter(memo))]
     memo[key] = value
@@ -405,7 +412,7 @@ def recording(solver, sigmas: Sequence[float]) -> Tape:
     except TypeError:
         return record(solver.program(list(sigmas), 0))
     if tape is None:
-        tape = _remember(_RECORDINGS, key, record(solver.program(list(sigmas), 0)))
+        tape = remember(_RECORDINGS, key, record(solver.program(list(sigmas), 0)))
     return tape
 
 
@@ -428,7 +435,7 @@ def lowered(solver, sigmas: Sequence[float], model, injected: bool) -> Plan:
             return _lower(recording(solver, sigmas), host_plan, injected, adapter)
     plan = memo.get(key)
     if plan is None:
-        plan = _remember(memo, key, _lower(recording(solver, sigmas), host_plan, injected, adapter))
+        plan = remember(memo, key, _lower(recording(solver, sigmas), host_plan, injected, adapter))
     return plan
 
 
@@ -519,25 +526,55 @@ def _copy(t: torch.Tensor) -> torch.Tensor:
     return t.clone(memory_format=torch.contiguous_format)
 
 
-def _network_input(run: Run, ops: dict, xs: torch.Tensor, c_in: float, inputs: Iterator[torch.Tensor],
+def _network_input(run: Run, ops: dict, xs: torch.Tensor, c_in: float, out: torch.Tensor,
                    grad: bool) -> torch.Tensor:
-    """``c_in x`` in the run's next network-input buffer by the fused op (one input, one coefficient: the same
-    float32 product as ``torch.mul``, in about half its time with the caches a network leaves), or out of place when
+    """``c_in x`` in the network-input buffer ``out`` by the fused op (one input, one coefficient: the same float32
+    product as ``torch.mul``, in about half its time with the caches a network leaves), or out of place when
     autograd records x."""
     if grad and xs.requires_grad:
         return xs * c_in
-    out = next(inputs)
     run.op(ops, [out], [xs], [c_in])
     return out
 
 
-def _combine_outputs(run: Run, outs, buffers, staged, states, inputs, recording: bool) -> List[torch.Tensor]:
-    """The tensors a combination writes: the run's buffers (a state buffer and, when it stages the next network
-    input, an input buffer), or fresh tensors once autograd records the run (it may keep any earlier state, and a
-    buffer written before is never written again)."""
-    if recording:
-        return [torch.empty(run.shape, dtype=run.dtype, device=run.device) for _ in outs]
-    return [states[buffers[0]], next(inputs)] if staged else [states[b] for b in buffers]
+def _fresh(run: Run, count: int) -> List[torch.Tensor]:
+    """``count`` new state-like tensors: a combination's outputs once autograd records the run (it may keep any
+    earlier state, and a buffer written before is never written again)."""
+    return [torch.empty(run.shape, dtype=run.dtype, device=run.device) for _ in range(count)]
+
+
+def _bind(instructions: List[tuple], states: List[torch.Tensor], inputs: Iterator[torch.Tensor],
+          seeds: Optional[torch.Tensor], direct_ops: Optional[dict]) -> List[tuple]:
+    """The instructions of one run with its tensors in place, before the first network call (a step between two
+    network calls then only reads them: with the caches a network leaves, every Python operation there costs).
+
+    A combination gets its output tensors (the state buffers of its buffer numbers and, when it stages the next
+    network input, an input buffer) and its seeds (None without in-kernel noise); a network input ``c_in x``
+    computed by the op gets its buffer in place of its slot; a STEP gets the raw op of its kind when ``direct_ops``
+    (the run's op memo, given when outputs may go straight to the op) holds one whose backend checks its tensors
+    itself, and its slow-path fields as one tuple ``(kind, sigma, c_in, evaluation)``."""
+    bound = []
+    for ins in instructions:
+        op = ins[0]
+        if op == STEP:
+            (_, source, input_slot, state, t_index, out, keep, pick, coeffs, num_noise, counter, first, outs, buffers,
+             staged, kind, sigma, c_in, evaluation) = ins
+            model_input = next(inputs) if source == SCALED else input_slot
+            chosen = direct_ops.get(kind) if direct_ops is not None else None
+            fn = chosen[1] if chosen is not None and chosen[0].raw_checks else None
+            out_tensors = [states[buffers[0]], next(inputs)] if staged else [states[b] for b in buffers]
+            bound.append((STEP, source, model_input, state, t_index, out, keep, pick, fn, out_tensors, coeffs,
+                          seeds if num_noise else None, counter, num_noise, first, outs, (kind, sigma, c_in, evaluation)))
+        elif op == COMBINE:
+            _, pick, outs, buffers, coeffs, num_noise, counter, draws, kind, staged = ins
+            out_tensors = [states[buffers[0]], next(inputs)] if staged else [states[b] for b in buffers]
+            bound.append((COMBINE, pick, out_tensors, coeffs, seeds if num_noise else None, counter, num_noise, draws,
+                          kind, outs[0] if len(outs) == 1 else None, outs))
+        elif op == DENOISE and ins[3] == SCALED:
+            bound.append(ins[:4] + (next(inputs),) + ins[5:])
+        else:
+            bound.append(ins)
+    return bound
 
 
 def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] = None):
@@ -557,70 +594,68 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
     shape, device = run.shape, run.device
     careful = run.check_finite == "step"   # every model output through the full checks (finiteness included)
     counts, local, sent = _use_counter()
+    # the counts of a network output only this run holds (received here, or sent in by drive's caller)
+    local_references, local_storage = local
+    held_references, held_storage = local if network is not None else sent
     uniform = True      # every tensor so far has the state's dtype: an op's kind is its counts alone
     if bar is not None:
         bar.total = plan.reports
         bar.refresh()
-    for ins in plan.instructions if callback is not None or bar is not None else plan.silent:
+    program = _bind(plan.instructions if callback is not None or bar is not None else plan.silent, states, inputs,
+                    seeds, None if careful else ops)
+    for ins in program:
         op = ins[0]
         if op == STEP:
-            (_, state, source, input_slot, out, sigma, c_in, t_index, evaluation, keep, pick, first, single, outs,
-             buffers, coeffs, num_noise, counter, kind, staged) = ins
-            xs = v[state]
+            (_, source, model_input, state, t_index, out, keep, pick, fn, out_tensors, coeffs, step_seeds, counter,
+             num_noise, first, outs, slow) = ins
             if source == STAGED:
-                model_input = v[input_slot]
+                model_input = v[model_input]
             elif source == FROM_STATE:
-                model_input = xs
+                model_input = v[state]
             else:
-                model_input = _network_input(run, ops, xs, c_in, inputs, grad)
+                model_input = _network_input(run, ops, v[state], slow[2], model_input, grad)
             if network is not None:
                 f = network(model_input, t_batches[t_index], **extra)
                 if type(f) is not torch.Tensor:
                     f = output_tensor(run.name, f)
-                held = local
             else:
-                f = yield model_input, t_batches[t_index], xs
-                held = sent
+                f = yield model_input, t_batches[t_index], v[state]
             # an output of the state's dtype goes straight to an op that checks its tensors itself (shape, device,
             # layout; the compiled kernels); anything else, or what that op refuses, through the checks naming it
-            key = kind if uniform else None
-            chosen = ops.get(key) if key is not None else None
-            direct = not careful and type(f) is torch.Tensor and f.dtype == dtype and chosen is not None \
-                and chosen[0].raw_checks
+            direct = fn is not None and uniform and type(f) is torch.Tensor and f.dtype == dtype
             if not direct:
-                f = run.network_output(f, sigma, evaluation)
+                f = run.network_output(f, slow[1], slow[3])
                 uniform = uniform and f.dtype == dtype
-            if keep:
-                references, storage = counts(f)
-                if references > held[0] or storage > held[1]:
-                    f = _copy(f)
-            recording = recording or (grad and f.requires_grad)
+            if keep and counts(f, held_references, held_storage):
+                f = _copy(f)
+            if grad:
+                recording = recording or f.requires_grad
+                if recording:
+                    out_tensors = _fresh(run, len(out_tensors))
             v[out] = f
             tensors = pick(v)
-            out_tensors = _combine_outputs(run, outs, buffers, staged, states, inputs, recording)
             if direct:
                 try:
-                    chosen[1](out_tensors, tensors, coeffs, seeds if num_noise else None, counter, num_noise)
+                    fn(out_tensors, tensors, coeffs, step_seeds, counter, num_noise)
                 except RuntimeError:     # the op refused a tensor before writing anything: the checks say why
-                    v[out] = f = run.network_output(f, sigma, evaluation)
+                    v[out] = f = run.network_output(f, slow[1], slow[3])
                     tensors = pick(v)
                     direct = False
             del f
             if not direct:
-                key = kind if uniform else kind + tuple([t.dtype for t in tensors])
+                key = slow[0] if uniform else slow[0] + tuple([t.dtype for t in tensors])
                 chosen = ops.get(key)
                 if chosen is None:
-                    ops[key] = run.first_op(key, out_tensors, tensors, coeffs, seeds if num_noise else None, counter,
-                                            num_noise)
+                    ops[key] = run.first_op(key, out_tensors, tensors, coeffs, step_seeds, counter, num_noise)
                 else:
-                    chosen[1](out_tensors, tensors, coeffs, seeds if num_noise else None, counter, num_noise)
-            if single:
+                    chosen[1](out_tensors, tensors, coeffs, step_seeds, counter, num_noise)
+            if first is not None:
                 v[first] = out_tensors[0]
             else:
                 for slot, t in zip(outs, out_tensors):
                     v[slot] = t
         elif op == COMBINE:
-            _, pick, outs, buffers, coeffs, num_noise, counter, draws, kind, staged = ins
+            _, pick, out_tensors, coeffs, step_seeds, counter, num_noise, draws, kind, first, outs = ins
             tensors = pick(v)
             if draws:
                 tensors = list(tensors)
@@ -631,16 +666,16 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
                         uniform = uniform and z.dtype == dtype
                         recording = recording or (grad and z.requires_grad)
                     tensors.append(z)
-            out_tensors = _combine_outputs(run, outs, buffers, staged, states, inputs, recording)
+            if recording:
+                out_tensors = _fresh(run, len(out_tensors))
             key = kind if uniform else kind + tuple([t.dtype for t in tensors])
             chosen = ops.get(key)
             if chosen is None:
-                ops[key] = run.first_op(key, out_tensors, tensors, coeffs, seeds if num_noise else None, counter,
-                                        num_noise)
+                ops[key] = run.first_op(key, out_tensors, tensors, coeffs, step_seeds, counter, num_noise)
             else:
-                chosen[1](out_tensors, tensors, coeffs, seeds if num_noise else None, counter, num_noise)
-            if len(outs) == 1:
-                v[outs[0]] = out_tensors[0]
+                chosen[1](out_tensors, tensors, coeffs, step_seeds, counter, num_noise)
+            if first is not None:
+                v[first] = out_tensors[0]
             else:
                 for slot, t in zip(outs, out_tensors):
                     v[slot] = t
@@ -653,23 +688,19 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
                 elif source == FROM_STATE:
                     model_input = xs
                 else:
-                    model_input = _network_input(run, ops, xs, c_in, inputs, grad)
+                    model_input = _network_input(run, ops, xs, c_in, input_slot, grad)
                 if network is not None:
                     f = network(model_input, t_batches[t_index], **extra)
                     if type(f) is not torch.Tensor:
                         f = output_tensor(run.name, f)
-                    held = local
                 else:
                     f = yield model_input, t_batches[t_index], xs
-                    held = sent
                 if mode == FUSED:
                     if careful or type(f) is not torch.Tensor or f.dtype != dtype or f.shape != shape \
                             or f.device != device or not f.is_contiguous():
                         f = run.network_output(f, sigma, evaluation)
-                    if keep:
-                        references, storage = counts(f)
-                        if references > held[0] or storage > held[1]:
-                            f = _copy(f)
+                    if keep and counts(f, held_references, held_storage):
+                        f = _copy(f)
                     uniform = uniform and f.dtype == dtype
                     recording = recording or (grad and f.requires_grad)
                     v[out] = f
@@ -684,10 +715,8 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
                 d = checked(d, sigma, evaluation)
             else:
                 d = checked(model.denoise_at(xs, sigma, **extra), sigma, evaluation)
-            if keep:
-                references, storage = counts(d)
-                if references > local[0] or storage > local[1]:
-                    d = _copy(d)
+            if keep and counts(d, local_references, local_storage):
+                d = _copy(d)
             uniform = uniform and d.dtype == dtype
             recording = recording or (grad and d.requires_grad)
             v[out] = d
@@ -716,10 +745,8 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
             if run.check_finite == "step" and not all_finite(g):
                 raise FloatingPointError(f"the guidance gradient at sigma={sigma:.6g} contains NaN or Inf")
             g = g if g.is_contiguous() else g.contiguous()
-            if keep:
-                references, storage = counts(g)
-                if references > local[0] or storage > local[1]:
-                    g = _copy(g)
+            if keep and counts(g, local_references, local_storage):
+                g = _copy(g)
             recording = recording or (grad and g.requires_grad)
             v[out] = g
             del g

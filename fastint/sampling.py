@@ -7,7 +7,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Union
 import torch
 
 from . import executor
-from .executor import all_finite
+from .executor import all_finite, remember
 from .ops.seeds import seed_tensor
 from .solvers import Solver, get_solver
 
@@ -59,6 +59,34 @@ def per_sample_seeds(seed: SeedLike, batch: int, device: torch.device) -> torch.
     return seed_tensor(seed, batch, device, "seed")
 
 
+_CONFIGURED: Dict[tuple, Solver] = {}      # (name, (option, type, value), ...) -> configured solver
+_SEEDS: Dict[tuple, torch.Tensor] = {}     # (int seed, batch, device) -> int64 seeds
+
+
+_PLAIN_OPTION_TYPES = (bool, int, float, str, type(None))
+
+
+def configured_solver(name, options: Dict[str, Any]) -> Solver:
+    """``get_solver(name, **options)``, memoised when the name is a string and every option a plain number, string
+    or None (keyed with their types, so that a memo hit never skips an option's check: ``True`` is not ``1`` here):
+    a configured solver is a host program with no state of its own, so runs share it."""
+    if type(name) is not str or not all(type(v) in _PLAIN_OPTION_TYPES for v in options.values()):
+        return get_solver(name, **options)
+    key = (name,) + tuple(sorted((k, type(v), v) for k, v in options.items()))
+    solver = _CONFIGURED.get(key)
+    return solver if solver is not None else remember(_CONFIGURED, key, get_solver(name, **options))
+
+
+def run_seeds(seed: SeedLike, batch: int, device: torch.device) -> torch.Tensor:
+    """``per_sample_seeds`` for a run, memoised for an int seed: the tensor is only ever read by the fused op (never
+    handed to the caller), so runs with the same seed, batch and device share it."""
+    if type(seed) is not int:
+        return per_sample_seeds(seed, batch, device)
+    key = (seed, batch, device)
+    seeds = _SEEDS.get(key)
+    return seeds if seeds is not None else remember(_SEEDS, key, per_sample_seeds(seed, batch, device))
+
+
 def sample(model: Callable, x: torch.Tensor, sigmas, solver: str = "dpmpp_2m", *, seed: SeedLike = None,
            noise_sampler: Optional[Callable] = None, extra_args: Optional[Dict[str, Any]] = None,
            callback: Optional[Callable] = None, progress: bool = False, backend: str = "auto",
@@ -86,7 +114,7 @@ def sample(model: Callable, x: torch.Tensor, sigmas, solver: str = "dpmpp_2m", *
             raise TypeError(f"options {sorted(options)} given with a configured solver instance: configure it instead")
         method = solver
     else:
-        method = get_solver(solver, **options)
+        method = configured_solver(solver, options)
     check_call(model, x, noise_sampler)
     if check_finite not in CHECK_FINITE:
         raise ValueError(f"check_finite must be one of {CHECK_FINITE}, got {check_finite!r}")
@@ -101,7 +129,7 @@ def sample(model: Callable, x: torch.Tensor, sigmas, solver: str = "dpmpp_2m", *
         raise ValueError("x contains NaN or Inf")
     seeds = None
     if method.uses_noise() and noise_sampler is None:
-        seeds = per_sample_seeds(seed, x.shape[0], x.device)
+        seeds = run_seeds(seed, x.shape[0], x.device)
     bar = None
     if progress:
         from tqdm.auto import tqdm

@@ -97,5 +97,17 @@ def test_use_counts_sees_every_holder_of_the_tensor_and_its_storage():
     assert use_counts(t)[1] == storage + 1   # (the view also keeps t's Python object alive: not asserted)
     del view
     assert use_counts(t) == (references, storage)
+    # the executor's form: whether either count exceeds the given ones (the counts of an output only it holds)
+    assert use_counts(t, references, storage) is False
+    alias = t
+    assert use_counts(t, references, storage) is True
+    del alias
+    view = t[1:]
+    assert use_counts(t, references + 1, storage) is True
+    del view
+    assert use_counts(t, references - 1, storage) is True
+    assert use_counts(t, references, storage - 1) is True
     with pytest.raises(TypeError, match="use_counts: expected a tensor, got int"):
         use_counts(3)
+    with pytest.raises(TypeError, match="takes 1 or 3 arguments, got 2"):
+        use_counts(t, 1)
