@@ -68,6 +68,14 @@ bool unpack_int(PyObject* value, const char* what, const char* range, long long*
   return false;
 }
 
+// Whether a call on tensors like `t` releases the GIL while it runs, as torch's own ops do: always, except for CPU
+// work on fewer than 2**15 elements (a few microseconds on the calling thread), where releasing and retaking the
+// GIL would cost as much as the work with the caches a network leaves between two calls.
+bool releases_gil(const at::Tensor& t) {
+  constexpr int64_t kKeepBelow = int64_t(1) << 15;
+  return !t.is_cpu() || t.numel() >= kKeepBelow;
+}
+
 }  // namespace
 
 PyObject* fused_step_fastcall(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
@@ -112,8 +120,10 @@ PyObject* fused_step_fastcall(PyObject* /*self*/, PyObject* const* args, Py_ssiz
       !unpack_int(args[5], "num_noise", "[0, 4]", &num_noise)) {
     return nullptr;
   }
-  {
+  if (releases_gil(inputs[0])) {
     pybind11::gil_scoped_release no_gil;
+    fused_step_op().call(outs, inputs, coeffs, seeds, counter, num_noise);
+  } else {
     fused_step_op().call(outs, inputs, coeffs, seeds, counter, num_noise);
   }
   Py_RETURN_NONE;
@@ -128,8 +138,10 @@ PyObject* all_finite_call(PyObject* /*self*/, PyObject* tensor) {
   }
   const at::Tensor& t = THPVariable_Unpack(tensor);
   bool finite;
-  {
+  if (releases_gil(t)) {
     pybind11::gil_scoped_release no_gil;
+    finite = all_finite(t);
+  } else {
     finite = all_finite(t);
   }
   if (finite) Py_RETURN_TRUE;

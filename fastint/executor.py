@@ -582,6 +582,8 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
     fastint adapter calls ``network`` or, when it is None, is yielded as ``(network input, timestep batch, state)``
     and its output received."""
     model, extra, seeds, dtype = run.model, run.extra_args, run.seeds, run.dtype
+    if network is not None and extra:
+        network = functools.partial(network, **extra)   # (without extra args: a plain call, no kwargs dict per call)
     grad = torch.is_grad_enabled()
     recording = grad and x.requires_grad   # autograd records the run from the first tensor requiring grad on
     v: List[Any] = [None] * plan.slots
@@ -615,7 +617,7 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
             else:
                 model_input = _network_input(run, ops, v[state], slow[2], model_input, grad)
             if network is not None:
-                f = network(model_input, t_batches[t_index], **extra)
+                f = network(model_input, t_batches[t_index])
                 if type(f) is not torch.Tensor:
                     f = output_tensor(run.name, f)
             else:
@@ -690,7 +692,7 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
                 else:
                     model_input = _network_input(run, ops, xs, c_in, input_slot, grad)
                 if network is not None:
-                    f = network(model_input, t_batches[t_index], **extra)
+                    f = network(model_input, t_batches[t_index])
                     if type(f) is not torch.Tensor:
                         f = output_tensor(run.name, f)
                 else:
