@@ -14,9 +14,11 @@ Every solver is a host program (``fastint.solvers.program``). A run is
    State buffers are assigned by liveness (a state's buffer is reused once nothing reads it any more; an exact
    alias of an input is allowed by the op); every network input gets memory of its own (a network may keep its
    input or return a view of it);
-3. **replayed** (``_execute``): per request one model call or one fused-op call, with the coefficient rows, the
-   buffers and the op of each kind of call found before the first network call (``registry.op_memo`` keeps the
-   raw op per kind across runs).
+3. **replayed** (``_execute``): per request one model call or one fused-op call. Before the first network call
+   ``_bind`` gives the run's instructions their tensors (each combination's output tensors, each network input's
+   buffer, each step's raw op and seeds: a network evicts the caches, so every operation between two network
+   calls costs several times what it costs before the first one); ``registry.op_memo`` keeps the raw op per kind
+   across runs.
 
 ``_execute`` is a generator that yields each network evaluation (model input, timestep batch, state) and receives
 the output: ``run`` answers it by calling the network in the caller's thread; ``FastintScheduler`` answers it from
