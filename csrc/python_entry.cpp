@@ -120,12 +120,10 @@ PyObject* fused_step_fastcall(PyObject* /*self*/, PyObject* const* args, Py_ssiz
       !unpack_int(args[5], "num_noise", "[0, 4]", &num_noise)) {
     return nullptr;
   }
-  if (releases_gil(inputs[0])) {
-    pybind11::gil_scoped_release no_gil;
-    fused_step_op().call(outs, inputs, coeffs, seeds, counter, num_noise);
-  } else {
-    fused_step_op().call(outs, inputs, coeffs, seeds, counter, num_noise);
-  }
+  std::optional<pybind11::gil_scoped_release> no_gil;
+  if (releases_gil(inputs[0])) no_gil.emplace();
+  fused_step_op().call(outs, inputs, coeffs, seeds, counter, num_noise);
+  no_gil.reset();
   Py_RETURN_NONE;
   END_HANDLE_TH_ERRORS
 }
@@ -137,13 +135,10 @@ PyObject* all_finite_call(PyObject* /*self*/, PyObject* tensor) {
     return nullptr;
   }
   const at::Tensor& t = THPVariable_Unpack(tensor);
-  bool finite;
-  if (releases_gil(t)) {
-    pybind11::gil_scoped_release no_gil;
-    finite = all_finite(t);
-  } else {
-    finite = all_finite(t);
-  }
+  std::optional<pybind11::gil_scoped_release> no_gil;
+  if (releases_gil(t)) no_gil.emplace();
+  const bool finite = all_finite(t);
+  no_gil.reset();
   if (finite) Py_RETURN_TRUE;
   Py_RETURN_FALSE;
   END_HANDLE_TH_ERRORS

@@ -545,6 +545,13 @@ def _fresh(run: Run, count: int) -> List[torch.Tensor]:
     return [torch.empty(run.shape, dtype=run.dtype, device=run.device) for _ in range(count)]
 
 
+def _outputs(states: List[torch.Tensor], inputs: Iterator[torch.Tensor], buffers: Tuple[int, ...],
+             staged: bool) -> List[torch.Tensor]:
+    """The tensors a combination writes: the state buffers of its buffer numbers and, when it stages the next network
+    input, the next input buffer."""
+    return [states[buffers[0]], next(inputs)] if staged else [states[b] for b in buffers]
+
+
 def _bind(instructions: List[tuple], states: List[torch.Tensor], inputs: Iterator[torch.Tensor],
           seeds: Optional[torch.Tensor], direct_ops: Optional[dict]) -> List[tuple]:
     """The instructions of one run with its tensors in place, before the first network call (a step between two
@@ -564,14 +571,14 @@ def _bind(instructions: List[tuple], states: List[torch.Tensor], inputs: Iterato
             model_input = next(inputs) if source == SCALED else input_slot
             chosen = direct_ops.get(kind) if direct_ops is not None else None
             fn = chosen[1] if chosen is not None and chosen[0].raw_checks else None
-            out_tensors = [states[buffers[0]], next(inputs)] if staged else [states[b] for b in buffers]
-            bound.append((STEP, source, model_input, state, t_index, out, keep, pick, fn, out_tensors, coeffs,
-                          seeds if num_noise else None, counter, num_noise, first, outs, (kind, sigma, c_in, evaluation)))
+            bound.append((STEP, source, model_input, state, t_index, out, keep, pick, fn,
+                          _outputs(states, inputs, buffers, staged), coeffs, seeds if num_noise else None, counter,
+                          num_noise, first, outs, (kind, sigma, c_in, evaluation)))
         elif op == COMBINE:
             _, pick, outs, buffers, coeffs, num_noise, counter, draws, kind, staged = ins
-            out_tensors = [states[buffers[0]], next(inputs)] if staged else [states[b] for b in buffers]
-            bound.append((COMBINE, pick, out_tensors, coeffs, seeds if num_noise else None, counter, num_noise, draws,
-                          kind, outs[0] if len(outs) == 1 else None, outs))
+            bound.append((COMBINE, pick, _outputs(states, inputs, buffers, staged), coeffs,
+                          seeds if num_noise else None, counter, num_noise, draws, kind,
+                          outs[0] if len(outs) == 1 else None, outs))
         elif op == DENOISE and ins[3] == SCALED:
             bound.append(ins[:4] + (next(inputs),) + ins[5:])
         else:

@@ -61,8 +61,6 @@ def per_sample_seeds(seed: SeedLike, batch: int, device: torch.device) -> torch.
 
 _CONFIGURED: Dict[tuple, Solver] = {}      # (name, (option, type, value), ...) -> configured solver
 _SEEDS: Dict[tuple, torch.Tensor] = {}     # (int seed, batch, device) -> int64 seeds
-
-
 _PLAIN_OPTION_TYPES = (bool, int, float, str, type(None))
 
 

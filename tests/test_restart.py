@@ -173,9 +173,9 @@ def test_official_numbers_as_strings_are_accepted():
 def test_restart_beats_ode_and_sde_at_equal_nfe_where_the_ode_plateaus():
     """sigma_max = 3 with x ~ N(0, 3^2): the prior is much narrower than the true marginal, the ODE carries the
     mismatch to the end (Heun with many more steps is no better), the SDE contracts it partly, Restart's jumps
-    contract it K times. Equal NFE (39); two seeds (fixed, from a stable hash); the gap between Restart's worst and each baseline's best run exceeds the
-    seed-to-seed spread of both. Distance:
-    the Frechet distance to the target (a 200000-sample exact set: its own noise is far below the differences)."""
+    contract it K times. Equal NFE (39); two seeds (fixed, from a stable hash); the gap between Restart's worst and
+    each baseline's best run exceeds the seed-to-seed spread of both. Distance: the Frechet distance to the target
+    (a 200000-sample exact set: its own noise is far below the differences)."""
     from fastint.metrics import frechet_distance
     gm = default_mixture()
     batch, s_max = 10000, 3.0
