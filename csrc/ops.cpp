@@ -13,6 +13,7 @@
 #include "ops.h"
 #include "philox.h"
 #include "python_entry.h"
+#include "step_replay.h"
 
 #ifndef FASTINT_TORCH_VERSION
 #define FASTINT_TORCH_VERSION "unknown"
@@ -20,8 +21,8 @@
 
 extern "C" {
 // `import fastint._C` loads this library so that the static TORCH_LIBRARY registrations run; the ops are reached
-// through torch.ops.fastint, and the module has three functions, the fast Python entry `fused_step`,
-// `all_finite` and `use_counts` (python_entry.cpp).
+// through torch.ops.fastint, and the module has the fast Python entry `fused_step`, `all_finite` and `use_counts`
+// (python_entry.cpp), and the executor's step replay `step_tape` and `replay_steps` (step_replay.cpp).
 PyObject* PyInit__C(void) {
   static PyMethodDef methods[] = {
       {"fused_step", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(&fastint::fused_step_fastcall)),
@@ -33,6 +34,12 @@ PyObject* PyInit__C(void) {
       {"use_counts", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(&fastint::use_counts_fastcall)),
        METH_FASTCALL, "use_counts(tensor) -> (int, int): references to the tensor object and to its storage; "
                       "use_counts(tensor, references, storage) -> bool: whether either count exceeds the given one"},
+      {"step_tape", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(&fastint::step_tape_fastcall)),
+       METH_FASTCALL, "step_tape(steps) -> tape: the executor's steps for replay_steps (csrc/step_replay.cpp)"},
+      {"replay_steps",
+       reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(&fastint::replay_steps_fastcall)),
+       METH_FASTCALL, "replay_steps(tape, values, network, timestep_batches) -> (stopped, output): run the tape's "
+                      "steps, calling the network, until one needs the Python replay (csrc/step_replay.cpp)"},
       {nullptr, nullptr, 0, nullptr}};
   const std::string private_runtime = fastint::private_cxx_runtime_reason();
   if (!private_runtime.empty()) {  // refuse a build that would crash on its first error message (cxx_runtime.cpp)

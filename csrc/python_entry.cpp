@@ -78,6 +78,13 @@ bool releases_gil(const at::Tensor& t) {
 
 }  // namespace
 
+void call_fused_step(at::TensorList outs, at::TensorList inputs, c10::ArrayRef<double> coeffs,
+                     const std::optional<at::Tensor>& seeds, int64_t counter, int64_t num_noise) {
+  std::optional<pybind11::gil_scoped_release> no_gil;
+  if (releases_gil(inputs[0])) no_gil.emplace();
+  fused_step_op().call(outs, inputs, coeffs, seeds, counter, num_noise);
+}
+
 PyObject* fused_step_fastcall(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   if (nargs != 6) {
@@ -120,10 +127,7 @@ PyObject* fused_step_fastcall(PyObject* /*self*/, PyObject* const* args, Py_ssiz
       !unpack_int(args[5], "num_noise", "[0, 4]", &num_noise)) {
     return nullptr;
   }
-  std::optional<pybind11::gil_scoped_release> no_gil;
-  if (releases_gil(inputs[0])) no_gil.emplace();
-  fused_step_op().call(outs, inputs, coeffs, seeds, counter, num_noise);
-  no_gil.reset();
+  call_fused_step(outs, inputs, coeffs, seeds, counter, num_noise);
   Py_RETURN_NONE;
   END_HANDLE_TH_ERRORS
 }

@@ -3,7 +3,17 @@
 
 #include <Python.h>
 
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+
+#include <optional>
+
 namespace fastint {
+
+// torch.ops.fastint.fused_step on unpacked arguments, through the same typed dispatcher handle; called with the GIL
+// held, it releases it while the op runs except for CPU work on fewer than 2**15 elements (see releases_gil).
+void call_fused_step(at::TensorList outs, at::TensorList inputs, c10::ArrayRef<double> coeffs,
+                     const std::optional<at::Tensor>& seeds, int64_t counter, int64_t num_noise);
 
 // fastint._C.fused_step(outs, inputs, coeffs, seeds, counter, num_noise): METH_FASTCALL.
 PyObject* fused_step_fastcall(PyObject* self, PyObject* const* args, Py_ssize_t nargs);

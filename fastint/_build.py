@@ -15,8 +15,8 @@ import shutil
 import subprocess
 from typing import Dict, List, Optional, Tuple
 
-CPU_SOURCES = ("ops.cpp", "autograd.cpp", "python_entry.cpp", "all_finite.cpp", "cxx_runtime.cpp", "cpu/fused_step.cpp",
-               "cpu/fused_step_default.cpp")
+CPU_SOURCES = ("ops.cpp", "autograd.cpp", "python_entry.cpp", "step_replay.cpp", "all_finite.cpp", "cxx_runtime.cpp",
+               "cpu/fused_step.cpp", "cpu/fused_step_default.cpp")
 CUDA_SOURCES = ("cuda/fused_step.cu",)
 CPU_VARIANTS: Dict[str, List[str]] = {
     "avx2": ["-mavx2", "-mfma", "-mf16c"],

@@ -122,7 +122,8 @@ def _use_counter() -> Tuple[Callable[..., Any], Tuple[int, int], Tuple[int, int]
 
 FUSED, SPLIT, ADAPTER, PLAIN = range(4)      # how a Denoise evaluates the model (see _lower)
 FROM_STATE, STAGED, SCALED = range(3)        # where a network input comes from
-DENOISE, COMBINE, REPORT, GRADIENT, STEP = range(5)   # STEP: a fused DENOISE and the COMBINE right after it
+DENOISE, COMBINE, REPORT, GRADIENT, STEP, REPLAY = range(6)
+# STEP: a fused DENOISE and the COMBINE right after it; REPLAY: consecutive STEPs bound to the C++ step replay
 
 
 class Plan:
@@ -289,6 +290,7 @@ def _lower(tape: Tape, host_plan, injected: bool, adapter: bool) -> Plan:
     _assign_buffers(instructions, tape.result)
     for ins in instructions:
         if ins[0] == COMBINE:
+            ins.append(ins[1])     # the slots it reads, after the picker (the C++ step replay reads them)
             ins[1] = _picker(ins[1])
             staged = ins[9]
             assert not staged or len(ins[3]) == 2  # one state output and the network input it stages
@@ -312,9 +314,10 @@ def _steps(instructions: List[tuple]) -> List[tuple]:
         after = instructions[index + 1] if index + 1 < len(instructions) else None
         if ins[0] == DENOISE and ins[1] == FUSED and after is not None and after[0] == COMBINE and not after[7]:
             _, _, state, source, input_slot, out_slot, sigma, c_in, _, _, t_index, evaluation, keep = ins
-            _, pick, outs, buffers, coeffs, num_noise, counter, _, kind, staged = after
+            _, pick, outs, buffers, coeffs, num_noise, counter, _, kind, staged, slots = after
             out.append((STEP, source, input_slot, state, t_index, out_slot, keep, pick, coeffs, num_noise, counter,
-                        outs[0] if len(outs) == 1 else None, outs, buffers, staged, kind, sigma, c_in, evaluation))
+                        outs[0] if len(outs) == 1 else None, outs, buffers, staged, kind, sigma, c_in, evaluation,
+                        slots))
             index += 2
         else:
             out.append(ins)
@@ -552,8 +555,27 @@ def _outputs(states: List[torch.Tensor], inputs: Iterator[torch.Tensor], buffers
     return [states[buffers[0]], next(inputs)] if staged else [states[b] for b in buffers]
 
 
+@functools.lru_cache(maxsize=None)
+def _compiled_step_replay() -> Optional[Tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]]:
+    """``fastint._C``'s ``(fused_step, step_tape, replay_steps)``, or None when the extension is not usable."""
+    if extension.load():
+        return None
+    module = extension.module()
+    return module.fused_step, module.step_tape, module.replay_steps
+
+
+def _tape(bound: List[tuple], taped: List[tuple]) -> None:
+    """Replace the last ``len(taped)`` STEPs of ``bound`` by one ``(REPLAY, tape, those STEPs, its position)``
+    (``taped``: their rows for ``fastint._C.step_tape``) and empty ``taped``."""
+    if taped:
+        steps = bound[-len(taped):]
+        del bound[-len(taped):]
+        bound.append((REPLAY, _compiled_step_replay()[1](taped), steps, len(bound)))
+        taped.clear()
+
+
 def _bind(instructions: List[tuple], states: List[torch.Tensor], inputs: Iterator[torch.Tensor],
-          seeds: Optional[torch.Tensor], direct_ops: Optional[dict]) -> List[tuple]:
+          seeds: Optional[torch.Tensor], direct_ops: Optional[dict], replay: bool) -> List[tuple]:
     """The instructions of one run with its tensors in place, before the first network call (a step between two
     network calls then only reads them: with the caches a network leaves, every Python operation there costs).
 
@@ -561,21 +583,36 @@ def _bind(instructions: List[tuple], states: List[torch.Tensor], inputs: Iterato
     network input, an input buffer) and its seeds (None without in-kernel noise); a network input ``c_in x``
     computed by the op gets its buffer in place of its slot; a STEP gets the raw op of its kind when ``direct_ops``
     (the run's op memo, given when outputs may go straight to the op) holds one whose backend checks its tensors
-    itself, and its slow-path fields as one tuple ``(kind, sigma, c_in, evaluation)``."""
-    bound = []
+    itself, and its slow-path fields as one tuple ``(kind, sigma, c_in, evaluation)``.
+
+    With ``replay`` (a run that calls the network itself, without callback, progress bar or per-step checks), each
+    maximal run of STEPs whose raw op is the compiled extension's and whose network input is already there (staged
+    by the step before, or the state itself) becomes one REPLAY: ``fastint._C.replay_steps`` runs them in C++
+    (csrc/step_replay.cpp) and hands a step it cannot finish back to the Python replay of the STEPs kept beside it."""
+    bound: List[tuple] = []
+    taped: List[tuple] = []
+    compiled = _compiled_step_replay() if replay else None
     for ins in instructions:
         op = ins[0]
         if op == STEP:
             (_, source, input_slot, state, t_index, out, keep, pick, coeffs, num_noise, counter, first, outs, buffers,
-             staged, kind, sigma, c_in, evaluation) = ins
+             staged, kind, sigma, c_in, evaluation, slots) = ins
             model_input = next(inputs) if source == SCALED else input_slot
             chosen = direct_ops.get(kind) if direct_ops is not None else None
             fn = chosen[1] if chosen is not None and chosen[0].raw_checks else None
-            bound.append((STEP, source, model_input, state, t_index, out, keep, pick, fn,
-                          _outputs(states, inputs, buffers, staged), coeffs, seeds if num_noise else None, counter,
-                          num_noise, first, outs, (kind, sigma, c_in, evaluation)))
-        elif op == COMBINE:
-            _, pick, outs, buffers, coeffs, num_noise, counter, draws, kind, staged = ins
+            out_tensors = _outputs(states, inputs, buffers, staged)
+            step_seeds = seeds if num_noise else None
+            if compiled is not None and fn is compiled[0] and source != SCALED:
+                taped.append((input_slot if source == STAGED else state, t_index, out, keep, slots, out_tensors,
+                              coeffs, step_seeds, counter, num_noise, outs))
+            else:
+                _tape(bound, taped)
+            bound.append((STEP, source, model_input, state, t_index, out, keep, pick, fn, out_tensors, coeffs,
+                          step_seeds, counter, num_noise, first, outs, (kind, sigma, c_in, evaluation)))
+            continue
+        _tape(bound, taped)
+        if op == COMBINE:
+            _, pick, outs, buffers, coeffs, num_noise, counter, draws, kind, staged, _ = ins
             bound.append((COMBINE, pick, _outputs(states, inputs, buffers, staged), coeffs,
                           seeds if num_noise else None, counter, num_noise, draws, kind,
                           outs[0] if len(outs) == 1 else None, outs))
@@ -583,6 +620,7 @@ def _bind(instructions: List[tuple], states: List[torch.Tensor], inputs: Iterato
             bound.append(ins[:4] + (next(inputs),) + ins[5:])
         else:
             bound.append(ins)
+    _tape(bound, taped)
     return bound
 
 
@@ -612,25 +650,31 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
     if bar is not None:
         bar.total = plan.reports
         bar.refresh()
-    program = _bind(plan.instructions if callback is not None or bar is not None else plan.silent, states, inputs,
-                    seeds, None if careful else ops)
+    silent = callback is None and bar is None
+    program = _bind(plan.silent if silent else plan.instructions, states, inputs, seeds, None if careful else ops,
+                    silent and not careful and network is not None and type(t_batches) in (tuple, list))
+    pending = None   # a network output the C++ replay handed back with the step it could not finish
+    shift = 0        # instructions inserted into ``program`` so far (the STEPs of such hand-backs)
     for ins in program:
         op = ins[0]
         if op == STEP:
             (_, source, model_input, state, t_index, out, keep, pick, fn, out_tensors, coeffs, step_seeds, counter,
              num_noise, first, outs, slow) = ins
-            if source == STAGED:
-                model_input = v[model_input]
-            elif source == FROM_STATE:
-                model_input = v[state]
+            if pending is not None:
+                f, pending = pending, None
             else:
-                model_input = _network_input(run, ops, v[state], slow[2], model_input, grad)
-            if network is not None:
-                f = network(model_input, t_batches[t_index])
-                if type(f) is not torch.Tensor:
-                    f = output_tensor(run.name, f)
-            else:
-                f = yield model_input, t_batches[t_index], v[state]
+                if source == STAGED:
+                    model_input = v[model_input]
+                elif source == FROM_STATE:
+                    model_input = v[state]
+                else:
+                    model_input = _network_input(run, ops, v[state], slow[2], model_input, grad)
+                if network is not None:
+                    f = network(model_input, t_batches[t_index])
+                    if type(f) is not torch.Tensor:
+                        f = output_tensor(run.name, f)
+                else:
+                    f = yield model_input, t_batches[t_index], v[state]
             # an output of the state's dtype goes straight to an op that checks its tensors itself (shape, device,
             # layout; the compiled kernels); anything else, or what that op refuses, through the checks naming it
             direct = fn is not None and uniform and type(f) is torch.Tensor and f.dtype == dtype
@@ -732,6 +776,13 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
             recording = recording or (grad and d.requires_grad)
             v[out] = d
             del d
+        elif op == REPLAY:
+            _, tape, steps, position = ins
+            stopped, pending = (0, None) if recording or not uniform else \
+                _compiled_step_replay()[2](tape, v, network, t_batches)
+            if stopped < len(steps):    # that step and the ones after it run in Python, from the output handed back
+                program[position + shift + 1:position + shift + 1] = steps[stopped:]
+                shift += len(steps) - stopped
         elif op == REPORT:
             _, i, state, sigma, sigma_hat, denoised = ins
             if callback is not None:
