@@ -18,7 +18,11 @@ Every solver is a host program (``fastint.solvers.program``). A run is
    ``_bind`` gives the run's instructions their tensors (each combination's output tensors, each network input's
    buffer, each step's raw op and seeds: a network evicts the caches, so every operation between two network
    calls costs several times what it costs before the first one); ``registry.op_memo`` keeps the raw op per kind
-   across runs.
+   across runs. In a run that calls the network itself without callback, progress bar or per-step checks, each
+   run of STEPs whose network input is already staged and whose op is the compiled extension's is one REPLAY:
+   ``fastint._C.replay_steps`` (csrc/step_replay.cpp) calls the network and the op for each of them in C++, with
+   the rules below, and hands a step whose output it cannot take as is (another dtype, a layout the op refuses,
+   one requiring grad, not a tensor) back with that output; that step and the rest of the run go on in Python.
 
 ``_execute`` is a generator that yields each network evaluation (model input, timestep batch, state) and receives
 the output: ``run`` answers it by calling the network in the caller's thread; ``FastintScheduler`` answers it from
