@@ -22,10 +22,12 @@
 #include <c10/util/SmallVector.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/utils/object_ptr.h>
 
 #include <algorithm>
 #include <memory>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "fused_step.h"
@@ -231,30 +233,25 @@ PyObject* replay_steps_fastcall(PyObject* /*self*/, PyObject* const* args, Py_ss
   for (Py_ssize_t i = 0; i < n; ++i) {
     const TapeStep& s = tape->steps[i];
     PyObject* call_args[2] = {PyList_GET_ITEM(values, s.input_slot), PySequence_Fast_GET_ITEM(batches, s.t_index)};
-    PyObject* out = PyObject_Vectorcall(network, call_args, 2, nullptr);
-    if (out == nullptr) return nullptr;
-    PyObject* f = plain_output(out);
-    if (f == nullptr) return stopped_at(i, out);
-    Py_DECREF(out);  // (a wrapper holding the output lets go of it here, before its references are counted)
-    const at::Tensor* ft = &THPVariable_Unpack(f);
+    THPObjectPtr out(PyObject_Vectorcall(network, call_args, 2, nullptr));
+    if (!out) return nullptr;
+    THPObjectPtr f(plain_output(out.get()));
+    if (!f) return stopped_at(i, out.release());
+    out = nullptr;  // (a wrapper holding the output lets go of it here, before its references are counted)
+    const at::Tensor* ft = &THPVariable_Unpack(f.get());
     if (ft->scalar_type() != tape->dtype || (ft->requires_grad() && at::GradMode::is_enabled())) {
-      return stopped_at(i, f);
+      return stopped_at(i, f.release());
     }
-    if (s.keep && (Py_REFCNT(f) > 1 || (ft->has_storage() && ft->storage().use_count() > 1))) {
-      PyObject* copy = THPVariable_Wrap(ft->clone(at::MemoryFormat::Contiguous));
-      if (copy == nullptr) {
-        Py_DECREF(f);
-        return nullptr;
-      }
-      Py_DECREF(f);
-      f = copy;
-      ft = &THPVariable_Unpack(f);
+    if (s.keep && (Py_REFCNT(f.get()) > 1 || (ft->has_storage() && ft->storage().use_count() > 1))) {
+      THPObjectPtr copy(THPVariable_Wrap(ft->clone(at::MemoryFormat::Contiguous)));
+      if (!copy) return nullptr;
+      f = std::move(copy);
+      ft = &THPVariable_Unpack(f.get());
     }
     c10::SmallVector<at::Tensor, kMaxInputs> inputs;
     for (int j = 0; j < s.num_in; ++j) {
-      PyObject* value = s.in_slots[j] == s.f_slot ? f : PyList_GET_ITEM(values, s.in_slots[j]);
+      PyObject* value = s.in_slots[j] == s.f_slot ? f.get() : PyList_GET_ITEM(values, s.in_slots[j]);
       if (!THPVariable_Check(value)) {
-        Py_DECREF(f);
         PyErr_Format(PyExc_TypeError, "fastint._C.replay_steps: slot %zd holds no tensor", s.in_slots[j]);
         return nullptr;
       }
@@ -264,9 +261,9 @@ PyObject* replay_steps_fastcall(PyObject* /*self*/, PyObject* const* args, Py_ss
       call_fused_step(at::TensorList(s.outs, s.num_out), inputs, s.coeffs, s.seeds, s.counter, s.num_noise);
     } catch (const std::exception&) {  // refused before anything was written: the Python replay names the problem
       PyErr_Clear();
-      return stopped_at(i, f);
+      return stopped_at(i, f.release());
     }
-    PyList_SetItem(values, s.f_slot, f);
+    PyList_SetItem(values, s.f_slot, f.release());
     for (int m = 0; m < s.num_out; ++m) {
       Py_INCREF(s.out_objects[m]);
       PyList_SetItem(values, s.out_slots[m], s.out_objects[m]);
