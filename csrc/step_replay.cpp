@@ -6,7 +6,7 @@
 //
 //   F = network(values[input_slot], timestep_batches[t_index])     (the network input was staged by the last step)
 //   outs[m] = sum_n C[m, n] values'[in_slots[n]] (+ in-kernel noise)   values' = values with F at f_slot
-//   values[f_slot] = F;  values[out_slots[m]] = outs[m]
+//   values[out_slots[m]] = outs[m];  values[f_slot] = F if a later step reads F (`keep`), else F is dropped
 //
 // with the executor's rules: F is the network's tensor, the first element of a tuple or list, or `.sample`
 // (fastint.models.adapters.output_tensor); a model output that a later step reads (`keep`) is copied when anyone
@@ -263,7 +263,7 @@ PyObject* replay_steps_fastcall(PyObject* /*self*/, PyObject* const* args, Py_ss
       PyErr_Clear();
       return stopped_at(i, f.release());
     }
-    PyList_SetItem(values, s.f_slot, f.release());
+    if (s.keep) PyList_SetItem(values, s.f_slot, f.release());  // (else freed here, while its memory is warm)
     for (int m = 0; m < s.num_out; ++m) {
       Py_INCREF(s.out_objects[m]);
       PyList_SetItem(values, s.out_slots[m], s.out_objects[m]);

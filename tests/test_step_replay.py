@@ -170,8 +170,12 @@ def test_step_tape_and_replay_steps_refuse_malformed_arguments():
         module.replay_steps(tape, values, lambda x, t: x, ())
     with pytest.raises(ValueError):
         module.replay_steps("not a tape", values, lambda x, t: x, (torch.zeros(2),))
-    # a well-formed tape runs: values[2] = 1.0 x + 0.5 F with F = 2 x, F stored at slot 1
-    stopped, handed = module.replay_steps(tape, values, lambda x, t: 2 * x, (torch.zeros(2),))
-    assert (stopped, handed) == (1, None)
-    assert torch.equal(values[1], torch.full((2, 3), 2.0))
-    assert values[2] is out and torch.equal(out, torch.full((2, 3), 2.0))
+    # well-formed tapes run: values[2] = 1.0 x + 0.5 F with F = 2 x; F is stored at slot 1 when a later step reads
+    # it (keep), else dropped
+    for keep in (False, True):
+        values = [torch.ones(2, 3), None, None]
+        tape = module.step_tape([step[:3] + (keep,) + step[4:]])
+        stopped, handed = module.replay_steps(tape, values, lambda x, t: 2 * x, (torch.zeros(2),))
+        assert (stopped, handed) == (1, None)
+        assert values[2] is out and torch.equal(out, torch.full((2, 3), 2.0))
+        assert torch.equal(values[1], torch.full((2, 3), 2.0)) if keep else values[1] is None
