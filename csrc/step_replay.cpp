@@ -6,7 +6,9 @@
 //
 //   F = network(values[input_slot], timestep_batches[t_index])     (the network input was staged by the last step)
 //   outs[m] = sum_n C[m, n] values'[in_slots[n]] (+ in-kernel noise)   values' = values with F at f_slot
-//   values[out_slots[m]] = outs[m];  values[f_slot] = F if a later step reads F (`keep`), else F is dropped
+//   values[out_slots[m]] = outs[m];  values[f_slot] = F if a later step reads F (`keep`), else F is dropped;
+//   values[s] = None for each slot s in `release` (the slots this step reads last: freed while warm, and a run holds
+//   no more history than its solver reads)
 //
 // with the executor's rules: F is the network's tensor, the first element of a tuple or list, or `.sample`
 // (fastint.models.adapters.output_tensor); a model output that a later step reads (`keep`) is copied when anyone
@@ -39,8 +41,9 @@ namespace {
 struct TapeStep {
   Py_ssize_t input_slot = 0, t_index = 0, f_slot = 0;
   bool keep = false;
-  int num_in = 0, num_out = 0;
+  int num_in = 0, num_out = 0, num_release = 0;
   Py_ssize_t in_slots[kMaxInputs] = {};
+  Py_ssize_t release[kMaxInputs] = {};
   Py_ssize_t out_slots[kMaxOutputs] = {};
   PyObject* out_objects[kMaxOutputs] = {};  // owned references
   at::Tensor outs[kMaxOutputs];
@@ -78,9 +81,9 @@ bool read_index(PyObject* value, const char* what, Py_ssize_t* out) {
 }
 
 // `count` indices of a tuple into `out`; false with a Python exception set otherwise.
-bool read_slots(PyObject* seq, const char* what, int limit, Py_ssize_t* out, int* count) {
-  if (!PyTuple_Check(seq) || PyTuple_GET_SIZE(seq) < 1 || PyTuple_GET_SIZE(seq) > limit) {
-    PyErr_Format(PyExc_TypeError, "fastint._C.step_tape: %s must be a tuple of 1 to %d ints", what, limit);
+bool read_slots(PyObject* seq, const char* what, int least, int limit, Py_ssize_t* out, int* count) {
+  if (!PyTuple_Check(seq) || PyTuple_GET_SIZE(seq) < least || PyTuple_GET_SIZE(seq) > limit) {
+    PyErr_Format(PyExc_TypeError, "fastint._C.step_tape: %s must be a tuple of %d to %d ints", what, least, limit);
     return false;
   }
   *count = static_cast<int>(PyTuple_GET_SIZE(seq));
@@ -91,9 +94,9 @@ bool read_slots(PyObject* seq, const char* what, int limit, Py_ssize_t* out, int
 }
 
 bool read_step(PyObject* item, TapeStep* s) {
-  if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 11) {
+  if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 12) {
     PyErr_SetString(PyExc_TypeError, "fastint._C.step_tape: each step must be a tuple (input_slot, t_index, f_slot, "
-                    "keep, in_slots, outs, coeffs, seeds, counter, num_noise, out_slots)");
+                    "keep, in_slots, outs, coeffs, seeds, counter, num_noise, out_slots, release)");
     return false;
   }
   PyObject* const* f = &PyTuple_GET_ITEM(item, 0);
@@ -104,13 +107,16 @@ bool read_step(PyObject* item, TapeStep* s) {
   const int keep = PyObject_IsTrue(f[3]);
   if (keep < 0) return false;
   s->keep = keep == 1;
-  if (!read_slots(f[4], "in_slots", kMaxInputs, s->in_slots, &s->num_in)) return false;
+  if (!read_slots(f[4], "in_slots", 1, kMaxInputs, s->in_slots, &s->num_in) ||
+      !read_slots(f[11], "release", 0, kMaxInputs, s->release, &s->num_release)) {
+    return false;
+  }
   if (!PyList_Check(f[5]) || PyList_GET_SIZE(f[5]) < 1 || PyList_GET_SIZE(f[5]) > kMaxOutputs) {
     PyErr_Format(PyExc_TypeError, "fastint._C.step_tape: outs must be a list of 1 to %d tensors", kMaxOutputs);
     return false;
   }
   int num_slots = 0;
-  if (!read_slots(f[10], "out_slots", kMaxOutputs, s->out_slots, &num_slots)) return false;
+  if (!read_slots(f[10], "out_slots", 1, kMaxOutputs, s->out_slots, &num_slots)) return false;
   if (num_slots != PyList_GET_SIZE(f[5])) {
     PyErr_SetString(PyExc_ValueError, "fastint._C.step_tape: one out_slot per output tensor");
     return false;
@@ -195,6 +201,7 @@ PyObject* step_tape_fastcall(PyObject* /*self*/, PyObject* const* args, Py_ssize
     tape->max_slot = std::max({tape->max_slot, s.input_slot, s.f_slot});
     for (int j = 0; j < s.num_in; ++j) tape->max_slot = std::max(tape->max_slot, s.in_slots[j]);
     for (int m = 0; m < s.num_out; ++m) tape->max_slot = std::max(tape->max_slot, s.out_slots[m]);
+    for (int j = 0; j < s.num_release; ++j) tape->max_slot = std::max(tape->max_slot, s.release[j]);
     tape->max_t_index = std::max(tape->max_t_index, s.t_index);
   }
   tape->dtype = tape->steps[0].outs[0].scalar_type();
@@ -268,6 +275,7 @@ PyObject* replay_steps_fastcall(PyObject* /*self*/, PyObject* const* args, Py_ss
       Py_INCREF(s.out_objects[m]);
       PyList_SetItem(values, s.out_slots[m], s.out_objects[m]);
     }
+    for (int j = 0; j < s.num_release; ++j) PyList_SetItem(values, s.release[j], Py_NewRef(Py_None));
   }
   return stopped_at(n, nullptr);
   END_HANDLE_TH_ERRORS

@@ -291,10 +291,11 @@ def _lower(tape: Tape, host_plan, injected: bool, adapter: bool) -> Plan:
         else:
             evaluations += 1
             instructions.append([GRADIENT, request.fn, request.state, outs[0], request.sigma, evaluations, False])
-    _assign_buffers(instructions, tape.result)
-    for ins in instructions:
+    last_read = _assign_buffers(instructions, tape.result)
+    for index, ins in enumerate(instructions):
         if ins[0] == COMBINE:
-            ins.append(ins[1])     # the slots it reads, after the picker (the C++ step replay reads them)
+            # the slots it reads and, of those, the ones nothing reads after it (for the C++ step replay)
+            ins += [ins[1], tuple(slot for slot in dict.fromkeys(ins[1]) if last_read.get(slot) == index)]
             ins[1] = _picker(ins[1])
             staged = ins[9]
             assert not staged or len(ins[3]) == 2  # one state output and the network input it stages
@@ -318,10 +319,10 @@ def _steps(instructions: List[tuple]) -> List[tuple]:
         after = instructions[index + 1] if index + 1 < len(instructions) else None
         if ins[0] == DENOISE and ins[1] == FUSED and after is not None and after[0] == COMBINE and not after[7]:
             _, _, state, source, input_slot, out_slot, sigma, c_in, _, _, t_index, evaluation, keep = ins
-            _, pick, outs, buffers, coeffs, num_noise, counter, _, kind, staged, slots = after
+            _, pick, outs, buffers, coeffs, num_noise, counter, _, kind, staged, slots, release = after
             out.append((STEP, source, input_slot, state, t_index, out_slot, keep, pick, coeffs, num_noise, counter,
                         outs[0] if len(outs) == 1 else None, outs, buffers, staged, kind, sigma, c_in, evaluation,
-                        slots))
+                        slots, release))
             index += 2
         else:
             out.append(ins)
@@ -347,10 +348,11 @@ def _reads(ins) -> List[int]:
     return [ins[2]]
 
 
-def _assign_buffers(instructions: List[list], result: int) -> None:
+def _assign_buffers(instructions: List[list], result: int) -> Dict[int, int]:
     """Give every combination output a state buffer (COMBINE's fourth field: buffer numbers, -1 for a network
     input of its own) by liveness, and mark model outputs read after the next model evaluation (their twelfth /
-    seventh field: ``keep``, the executor then copies them if their storage can change)."""
+    seventh field: ``keep``, the executor then copies them if their storage can change). Returns the index of the
+    last instruction reading each slot."""
     last_read: Dict[int, int] = {result: len(instructions)}
     readers: Dict[int, List[int]] = {}
     for index, ins in enumerate(instructions):
@@ -393,6 +395,7 @@ def _assign_buffers(instructions: List[list], result: int) -> None:
                 free.append(b)
             chosen.append(b)
         ins[3] = tuple(chosen + ([-1] if ins[9] else []))
+    return last_read
 
 
 def _count_buffers(instructions) -> int:
@@ -600,7 +603,7 @@ def _bind(instructions: List[tuple], states: List[torch.Tensor], inputs: Iterato
         op = ins[0]
         if op == STEP:
             (_, source, input_slot, state, t_index, out, keep, pick, coeffs, num_noise, counter, first, outs, buffers,
-             staged, kind, sigma, c_in, evaluation, slots) = ins
+             staged, kind, sigma, c_in, evaluation, slots, release) = ins
             model_input = next(inputs) if source == SCALED else input_slot
             chosen = direct_ops.get(kind) if direct_ops is not None else None
             fn = chosen[1] if chosen is not None and chosen[0].raw_checks else None
@@ -608,18 +611,18 @@ def _bind(instructions: List[tuple], states: List[torch.Tensor], inputs: Iterato
             step_seeds = seeds if num_noise else None
             if compiled is not None and fn is compiled[0] and source != SCALED:
                 taped.append((input_slot if source == STAGED else state, t_index, out, keep, slots, out_tensors,
-                              coeffs, step_seeds, counter, num_noise, outs))
+                              coeffs, step_seeds, counter, num_noise, outs, release))
             else:
                 _tape(bound, taped)
             bound.append((STEP, source, model_input, state, t_index, out, keep, pick, fn, out_tensors, coeffs,
-                          step_seeds, counter, num_noise, first, outs, (kind, sigma, c_in, evaluation)))
+                          step_seeds, counter, num_noise, first, outs, (kind, sigma, c_in, evaluation), release))
             continue
         _tape(bound, taped)
         if op == COMBINE:
-            _, pick, outs, buffers, coeffs, num_noise, counter, draws, kind, staged, _ = ins
+            _, pick, outs, buffers, coeffs, num_noise, counter, draws, kind, staged, _, release = ins
             bound.append((COMBINE, pick, _outputs(states, inputs, buffers, staged), coeffs,
                           seeds if num_noise else None, counter, num_noise, draws, kind,
-                          outs[0] if len(outs) == 1 else None, outs))
+                          outs[0] if len(outs) == 1 else None, outs, release))
         elif op == DENOISE and ins[3] == SCALED:
             bound.append(ins[:4] + (next(inputs),) + ins[5:])
         else:
@@ -663,7 +666,7 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
         op = ins[0]
         if op == STEP:
             (_, source, model_input, state, t_index, out, keep, pick, fn, out_tensors, coeffs, step_seeds, counter,
-             num_noise, first, outs, slow) = ins
+             num_noise, first, outs, slow, release) = ins
             if pending is not None:
                 f, pending = pending, None
             else:
@@ -713,8 +716,11 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
             else:
                 for slot, t in zip(outs, out_tensors):
                     v[slot] = t
+            for slot in release:     # what no later instruction reads (a run holds no more than its solver reads)
+                v[slot] = None
+            del tensors
         elif op == COMBINE:
-            _, pick, out_tensors, coeffs, step_seeds, counter, num_noise, draws, kind, first, outs = ins
+            _, pick, out_tensors, coeffs, step_seeds, counter, num_noise, draws, kind, first, outs, release = ins
             tensors = pick(v)
             if draws:
                 tensors = list(tensors)
@@ -738,6 +744,9 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
             else:
                 for slot, t in zip(outs, out_tensors):
                     v[slot] = t
+            for slot in release:
+                v[slot] = None
+            del tensors
         elif op == DENOISE:
             _, mode, state, source, input_slot, out, sigma, c_in, c_skip, c_out, t_index, evaluation, keep = ins
             xs = v[state]
@@ -763,6 +772,7 @@ def _execute(plan: Plan, run: Run, x: torch.Tensor, network: Optional[Callable] 
                     uniform = uniform and f.dtype == dtype
                     recording = recording or (grad and f.requires_grad)
                     v[out] = f
+                    del f
                     continue
                 if type(f) is not torch.Tensor:
                     f = output_tensor(run.name, f)

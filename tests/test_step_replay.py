@@ -4,6 +4,7 @@ of ``fastint.sample`` without callback runs its staged steps there, with exactly
 its network output, and the run goes on in Python with the same result, the same error or the same gradients."""
 
 import types
+import weakref
 import zlib
 
 import pytest
@@ -99,6 +100,28 @@ def test_staged_steps_run_in_cxx_with_the_python_replays_samples(solver, recorde
     assert torch.equal(out, _sample(ab, "plain", x, sigmas, solver, python=True))
 
 
+@pytest.mark.parametrize("python", [False, True])
+@pytest.mark.parametrize("solver,history", [("euler", 0), ("dpmpp_2m", 1), ("dpmpp_3m_sde", 2), ("heun", 0)])
+def test_a_run_holds_only_the_outputs_its_solver_still_reads(solver, history, python, recorder):
+    """At each network call, how many earlier outputs are alive: the multistep history, not every output of the
+    run (in the C++ replay and in the Python one)."""
+    ab, sigmas, x = _setup(solver)
+    outputs, alive = [], []
+
+    def net(x, t):
+        alive.append(sum(ref() is not None for ref in outputs))
+        eps = _eps(x, t)
+        outputs.append(weakref.ref(eps))
+        return eps
+    for _ in range(2):
+        outputs.clear()
+        alive.clear()
+        fastint.sample(DiscreteVPDenoiser(net, ab), x, sigmas, solver, seed=_seed("noise", solver),
+                       callback=(lambda d: None) if python else None)
+    assert recorder.stops == recorder.lengths and bool(recorder.lengths) == (not python and solver != "heun")
+    assert max(alive) == history
+
+
 @pytest.mark.parametrize("solver", ["euler", "dpmpp_2m", "dpmpp_2m_sde"])
 @pytest.mark.parametrize("kind,handed_back", [("float64", True), ("float16", True), ("strided", True), ("tuple", False),
                                               ("sample", False)])
@@ -151,7 +174,7 @@ def test_an_output_requiring_grad_goes_back_to_python_and_gets_gradients(recorde
 def test_step_tape_and_replay_steps_refuse_malformed_arguments():
     module = extension.module()
     out = torch.empty(2, 3)
-    step = (0, 0, 1, False, (0, 1), [out], [1.0, 0.5], None, 0, 0, (2,))
+    step = (0, 0, 1, False, (0, 1), [out], [1.0, 0.5], None, 0, 0, (2,), ())
     with pytest.raises(TypeError, match="non-empty list"):
         module.step_tape([])
     with pytest.raises(TypeError, match="each step must be a tuple"):
@@ -161,7 +184,7 @@ def test_step_tape_and_replay_steps_refuse_malformed_arguments():
     with pytest.raises(ValueError, match="f_slot must be >= 0"):
         module.step_tape([(0, 0, -1) + step[3:]])
     with pytest.raises(ValueError, match="one out_slot per output"):
-        module.step_tape([step[:10] + ((2, 3),)])
+        module.step_tape([step[:10] + ((2, 3),) + step[11:]])
     tape = module.step_tape([step])
     values = [torch.ones(2, 3), None, None]
     with pytest.raises(TypeError, match="every slot"):
