@@ -1,5 +1,7 @@
-// CPU implementation of fastint::fused_step: argument checks, at::parallel_for over tiles of one sample, and the
-// run-time choice of the tile kernel for this CPU (fused_step_{default,avx2,avx512}.cpp, see fused_step_impl.h).
+// CPU implementation of fastint::fused_step: argument checks, at::parallel_for over tiles of one sample (without
+// noise the step is elementwise and the whole tensor is one sample: many small samples, e.g. (20000, 2) points, are
+// then a few tiles instead of one call per sample), and the run-time choice of the tile kernel for this CPU
+// (fused_step_{default,avx2,avx512}.cpp, see fused_step_impl.h).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
@@ -38,8 +40,12 @@ constexpr int64_t kSerialBelow = 1 << 15;    // smaller calls stay on the callin
 
 void fused_step_cpu(at::TensorList outs, at::TensorList inputs, at::ArrayRef<double> coeffs,
                     const std::optional<at::Tensor>& seeds, int64_t counter, int64_t num_noise) {
-  const FusedStepArgs args = make_fused_step_args(outs, inputs, coeffs, seeds, counter, num_noise, c10::kCPU);
+  FusedStepArgs args = make_fused_step_args(outs, inputs, coeffs, seeds, counter, num_noise, c10::kCPU);
   if (args.samples == 0 || args.per_sample == 0) return;
+  if (args.num_noise == 0) {  // elementwise: one sample of all elements (a tile per sample is slow for small samples)
+    args.per_sample *= args.samples;
+    args.samples = 1;
+  }
   const TileFn fn = tile_fn();
   const int64_t chunk = std::min(kChunk, (args.per_sample + 3) / 4 * 4);
   const int64_t chunks_per_sample = (args.per_sample + chunk - 1) / chunk;

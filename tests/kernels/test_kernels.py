@@ -27,7 +27,7 @@ if IN_TRITON_SUBPROCESS:  # the interpreter is slow: small sizes
     SIZES = [(1, 1), (1, 7), (1, 1023), (3, 1023), (1, 16411), (7,)]
     CONFIGS = [(3, 1, 1), (6, 2, 4)]
 else:
-    SIZES = [(1, 1), (1, 7), (1, 1023), (1, 65537), (3, 1023), (7,), (2, 3, 5, 7)]
+    SIZES = [(1, 1), (1, 7), (1, 1023), (1, 65537), (3, 1023), (7,), (2, 3, 5, 7), (20011, 2)]
     CONFIGS = [(1, 1, 0), (3, 1, 1), (2, 2, 2), (6, 2, 4)]
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 DTYPES = {  # name: (input dtypes, cycled; output dtypes, cycled)
