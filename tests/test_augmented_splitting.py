@@ -2,6 +2,7 @@
 
 import os
 import sys
+import zlib
 
 import pytest
 import torch
@@ -33,7 +34,8 @@ def _reference_options(options):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0].name}-b1={c[0].b1}")
 def test_splitting_parity_with_injected_noise(case, method, options):
     proc, ref = case
-    gen = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31, (1,))))
+    gen = torch.Generator().manual_seed(zlib.crc32(repr(("splitting parity", proc.name, proc.b1, method,
+                                                             sorted(options.items()))).encode()))
     tgt = AugmentedTarget(default_mixture(), proc)
     n = 5
     ts = time_grid(n, 1e-3, "quadratic" if proc.b1 else "linear")
