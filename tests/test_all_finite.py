@@ -3,13 +3,13 @@
 an infinity sits, for every float dtype, and neither is fooled by finite values whose sum overflows."""
 
 import math
-import zlib
 
 import pytest
 import torch
 
 from fastint.ops import extension
 from fastint import executor as base
+from seeding import stable_seed
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 needs_extension = pytest.mark.skipif(extension.load() is not None, reason="the compiled extension is not available")
@@ -24,8 +24,7 @@ def _checks():
 
 
 def _generator(*parts):
-    """A generator seeded from a stable hash of the test's own parameters."""
-    return torch.Generator().manual_seed(zlib.crc32(repr(parts).encode()))
+    return torch.Generator().manual_seed(stable_seed(*parts))
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)

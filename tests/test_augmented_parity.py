@@ -2,7 +2,6 @@
 
 import os
 import sys
-import zlib
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ from fastint.models.gaussian_mixture import default_mixture
 
 sys.path.insert(0, os.path.dirname(__file__))
 from reference_augmented import CLDRef, PSLDRef  # noqa: E402
+from seeding import stable_seed  # noqa: E402
 
 CASES = [(CLD(), CLDRef()), (CLD(b0=0.5, b1=7.0), CLDRef(0.5, 7.0)), (PSLD(), PSLDRef()),
          (PSLD.from_config(1.0, 12.0), PSLDRef(1.0, 12.0))]
@@ -24,11 +24,6 @@ def _model(proc, tgt):
         return net, CLDMixedScore(net, proc)
     net = psld_eps_net(lambda x, v, t: tgt.score(x, v, t), proc)
     return net, PSLDEps(net, proc)
-
-
-def _stable_seed(*parts) -> int:
-    """A seed from a stable hash of the test and its parameters (never the per-process global generator)."""
-    return zlib.crc32(repr(parts).encode())
 
 
 def _parity_error(proc, ref, method, striding, seed, **options):
@@ -54,7 +49,7 @@ def test_parity_with_injected_noise(case, method, striding):
     does (``variance_eps=None`` -> ``PSLD.sscs_variance_eps``), CLD's none (CLD-SGM's ``sscs_num_stab`` = 0).
     Measured: <= 4e-14 (with variance_eps = 0 PSLD's SSCS is 5e-8 to 1.6e-7 off)."""
     proc, ref = case
-    err = _parity_error(proc, ref, method, striding, _stable_seed("parity", proc.name, proc.b1, method, striding))
+    err = _parity_error(proc, ref, method, striding, stable_seed("parity", proc.name, proc.b1, method, striding))
     assert err < 1e-10, err
 
 
@@ -99,8 +94,8 @@ def test_in_kernel_noise_is_reproducible_and_batch_invariant(method):
     proc = PSLD()
     tgt = AugmentedTarget(default_mixture(), proc)
     model = ExactScore(tgt)
-    x, v = tgt.prior(6, generator=torch.Generator().manual_seed(_stable_seed("prior", method)), dtype=torch.float32)
-    seed = _stable_seed("in-kernel noise", method)
+    x, v = tgt.prior(6, generator=torch.Generator().manual_seed(stable_seed("prior", method)), dtype=torch.float32)
+    seed = stable_seed("in-kernel noise", method)
     a = sample_augmented(proc, model, x, v, steps=4, method=method, seed=seed)
     b = sample_augmented(proc, model, x, v, steps=4, method=method, seed=seed)
     c = sample_augmented(proc, model, x[2:], v[2:], steps=4, method=method, seed=seed + 2)

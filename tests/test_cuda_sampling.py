@@ -7,8 +7,6 @@ seed, counter, stream and element, not by device), so the GPU run may differ onl
 kernels' transcendental approximations.
 """
 
-import zlib
-
 import pytest
 import torch
 
@@ -16,16 +14,13 @@ import fastint
 from fastint.models import DiscreteVPDenoiser, default_mixture
 from fastint.ops import extension, registry
 from fastint.schedules import alphas_cumprod_from_betas, betas_linear, karras, vp_discrete
+from seeding import stable_seed
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 GUIDED = {"lie_trotter", "strang"}  # need a guidance function: tests/test_splitting.py
 SOLVERS = [s["name"] for s in fastint.list_solvers() if s["name"] not in GUIDED]
 GPU_BACKENDS = ["cuda", "triton"]
-
-
-def stable_seed(*parts) -> int:
-    return zlib.crc32(repr(parts).encode())
 
 
 def require(name):

@@ -7,23 +7,18 @@ adapter called as an ordinary ``model(x, sigma_batch)``, which computes D with t
 caller or the network can hold is overwritten.
 """
 
-import zlib
-
 import pytest
 import torch
 
 import fastint
 from fastint.models import DiscreteVPDenoiser, FlowDenoiser, VEDenoiser
 from fastint.schedules import alphas_cumprod_from_betas, vp_discrete
+from seeding import stable_seed
 
 F64 = torch.float64
 FAST_SOLVERS = [("euler", {}), ("euler", {"s_churn": 1.0}), ("dpmpp_2m", {}), ("dpmpp_2m_sde", {"eta": 1.0}),
                 ("dpmpp_3m", {}), ("dpmpp_3m_sde", {"eta": 1.0})]
 
-
-def _stable_seed(*parts) -> int:
-    """A seed from a stable hash of the test and its parameters (never the per-process global generator)."""
-    return zlib.crc32(repr(parts).encode())
 
 def _ab():
     return alphas_cumprod_from_betas(torch.linspace(1e-4, 0.02, 1000, dtype=F64))
@@ -219,7 +214,7 @@ def test_planned_loop_with_odd_layouts_and_dtypes():
 def test_network_returning_a_view_of_its_input(solver, options, with_callback):
     # an output that is a view of the network's input (an identity-like network) stays in the multistep history:
     # the step that writes the next network input must not write it there
-    x, sigmas = _setup(torch.float32, seed=_stable_seed("view of input", solver, options, with_callback))
+    x, sigmas = _setup(torch.float32, seed=stable_seed("view of input", solver, options, with_callback))
     ab = _ab()
     outputs = {}
     for name, net in (("view", lambda u, t: u[:, :]), ("copy", lambda u, t: u.clone())):
@@ -232,7 +227,7 @@ def test_network_returning_a_view_of_its_input(solver, options, with_callback):
 @pytest.mark.parametrize("solver", ["euler", "dpmpp_2m"])
 def test_setting_an_adapter_attribute_takes_effect(solver):
     # host plans, timestep batches and the lowered runs are memoised per adapter; a changed option must not reuse them
-    x, sigmas = _setup(torch.float64, seed=_stable_seed("adapter attribute", solver))
+    x, sigmas = _setup(torch.float64, seed=stable_seed("adapter attribute", solver))
     net = Network()
     adapter = DiscreteVPDenoiser(net, _ab(), prediction_type="epsilon", quantize=True)
     first = fastint.sample(adapter, x, sigmas, solver=solver, backend="eager")
@@ -255,7 +250,7 @@ def _warm_up(x, sigmas, solver, backend):
 def test_planned_loop_reports_a_bad_network_output_by_name():
     """The replay checks every network output before an op reads it, also once the ops of the compiled backend
     are remembered; whatever is wrong, the error names the network output, and the caller's x is untouched."""
-    x, sigmas = _setup(torch.float32, seed=_stable_seed("bad network output"))
+    x, sigmas = _setup(torch.float32, seed=stable_seed("bad network output"))
     x_before = x.clone()
     ab = _ab()
     bad = {"shape": (lambda u, t: u[:, :1], ValueError, "shape"),
@@ -294,7 +289,7 @@ def test_planned_loop_allocating_per_step_equals_preallocating(solver, opts, mon
     """Above ``_PREALLOCATED_BYTES`` the replay allocates each network input when it is written instead of all
     before the first call: the same samples, and the network's kept inputs are untouched either way."""
     from fastint import executor
-    x, sigmas = _setup(torch.float32, seed=_stable_seed("allocating per step", solver, opts))
+    x, sigmas = _setup(torch.float32, seed=stable_seed("allocating per step", solver, opts))
     results = []
     for limit in (executor._PREALLOCATED_BYTES, 0):
         monkeypatch.setattr(executor, "_PREALLOCATED_BYTES", limit)
@@ -337,7 +332,7 @@ def test_planned_loop_unwraps_tuples_lists_and_sample_objects():
     """A network may return its output in a tuple, a list or an object with ``.sample`` (diffusers' UNets): the
     replay unwraps each of them, on the compiled backend after its ops are remembered too, to the same
     samples as a network that returns the tensor itself."""
-    x, sigmas = _setup(torch.float32, seed=_stable_seed("unwraps outputs"))
+    x, sigmas = _setup(torch.float32, seed=stable_seed("unwraps outputs"))
     net = Network()
 
     class Output:

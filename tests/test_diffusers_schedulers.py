@@ -12,7 +12,6 @@ result to 1e-5 relative (they run the same solver code; the difference is the ro
 import copy
 import gc
 import math
-import zlib
 
 import pytest
 import torch
@@ -27,16 +26,13 @@ from diffusers import DDPMPipeline, DDPMScheduler, FlowMatchEulerDiscreteSchedul
 from fastint.integrations.diffusers import (FastintDPMSolverScheduler, FastintHeunScheduler,  # noqa: E402
                                             FastintRestartScheduler, FastintScheduler, FastintSEEDSScheduler)
 from one_thread import one_torch_thread  # noqa: E402,F401 - autouse: one torch thread in this module
+from seeding import stable_seed  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
 RTOL = 1e-5
 SHAPE = (2, 3, 8, 8)
 STEPS = 5
 
-
-def _stable_seed(*parts) -> int:
-    """A seed from a stable hash of the test and its parameters (never the per-process global generator)."""
-    return zlib.crc32(repr(parts).encode()) % 2 ** 31
 
 def _unet(seed: int) -> UNet2DModel:
     torch.manual_seed(seed)
@@ -80,7 +76,7 @@ VP_SOLVERS = ["euler", "heun", "ddim", "euler_ancestral", "dpmpp_2m", "dpmpp_3m"
 
 @pytest.mark.parametrize("solver", VP_SOLVERS)
 def test_ddpm_pipeline_equals_fastint_sample(solver):
-    seed = _stable_seed("ddpm pipeline", solver)
+    seed = stable_seed("ddpm pipeline", solver)
     gen_seed = seed + 1
     unet = _unet(seed)
     scheduler = FastintScheduler.from_config(DDPMScheduler(clip_sample=False).config, solver=solver)
@@ -114,7 +110,7 @@ def test_multistage_timesteps_one_per_model_call():
 
 
 def test_v_prediction_and_named_subclasses():
-    seed = _stable_seed("v prediction")
+    seed = stable_seed("v prediction")
     unet = _unet(seed)
     config = DDPMScheduler(clip_sample=False, prediction_type="v_prediction", beta_schedule="scaled_linear",
                            beta_start=0.00085, beta_end=0.012, timestep_spacing="trailing").config
@@ -136,7 +132,7 @@ def test_restart_scheduler_named():
 
 @pytest.mark.parametrize("solver", ["euler", "heun", "seeds_2", "dpmpp_2m_sde"])
 def test_flow_matching_pipeline_equals_fastint_sample(solver):
-    seed = _stable_seed("flow matching pipeline", solver)
+    seed = stable_seed("flow matching pipeline", solver)
     unet = _unet(seed)
     scheduler = FastintScheduler.from_config(FlowMatchEulerDiscreteScheduler(shift=3.0).config, solver=solver)
     assert scheduler.config.prediction_type == "flow"
@@ -153,7 +149,7 @@ def test_flow_matching_pipeline_equals_fastint_sample(solver):
 
 def test_stable_diffusion_style_loop():
     """A loop as Stable Diffusion's: latents * init_noise_sigma, scale_model_input, step(..., return_dict=False)."""
-    seed = _stable_seed("stable diffusion loop")
+    seed = stable_seed("stable diffusion loop")
     unet = _unet(seed)
     scheduler = FastintScheduler.from_config(DDPMScheduler(clip_sample=False,
                                                            beta_schedule="squaredcos_cap_v2").config,
@@ -171,7 +167,7 @@ def test_stable_diffusion_style_loop():
 
 
 def test_generator_seeding_is_reproducible():
-    seed = _stable_seed("generator seeding")
+    seed = stable_seed("generator seeding")
     unet = _unet(seed)
     config = DDPMScheduler(clip_sample=False).config
     _, a, _ = _run_pipeline(unet, FastintScheduler.from_config(config, solver="seeds_1"), seed)
