@@ -610,8 +610,8 @@ def _bind(instructions: List[tuple], states: List[torch.Tensor], inputs: Iterato
             out_tensors = _outputs(states, inputs, buffers, staged)
             step_seeds = seeds if num_noise else None
             if compiled is not None and fn is compiled[0] and source != SCALED:
-                taped.append((input_slot if source == STAGED else state, t_index, out, keep, slots, out_tensors,
-                              coeffs, step_seeds, counter, num_noise, outs, release))
+                taped.append((input_slot, t_index, out, keep, slots, out_tensors, coeffs, step_seeds, counter,
+                              num_noise, outs, release))   # (input_slot: the staged input's slot or the state's)
             else:
                 _tape(bound, taped)
             bound.append((STEP, source, model_input, state, t_index, out, keep, pick, fn, out_tensors, coeffs,
